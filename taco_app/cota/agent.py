@@ -1,0 +1,206 @@
+"""The CoTA step loop: a generator of typed events.
+
+Each step: build TACO's prompt, stream the model's reply, parse it, run the first action, and
+feed the observation back, until the model calls ``Terminate`` or the reply limit is reached.
+Errors the model caused (bad JSON, unknown action, bad arguments, a failing tool) become the turn
+TACO would have fed back and the session goes on; a broken backend ends the session with an
+``error`` event. The loop checks ``cancel`` between chunks, so a Stop button ends it promptly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from PIL import Image
+
+from taco_app.backends.base import Backend
+from taco_app.cota import events as ev
+from taco_app.cota.parser import ParseFailure, parse
+from taco_app.cota.prompt import (
+    NO_ACTION_MESSAGE,
+    ImagePart,
+    Turn,
+    assistant_turn,
+    build_prompt,
+    describe_error,
+    failed_execution_turn,
+    no_action_turn,
+    observation_turn,
+    parse_error_turn,
+    user_request,
+)
+from taco_app.media import load_image
+from taco_app.store.files import ImageFiles
+from taco_app.tools import ProducedImage, Toolbox, default_tools
+from taco_app.tools.base import image_id
+
+MAX_REPLIES = 10  # replies after the first, as in TACO
+
+
+@dataclass
+class InputImage:
+    """An input image: its pixels, and the file it came from if any (stored with its bytes)."""
+
+    image: Image.Image
+    path: Path | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "InputImage":
+        return cls(load_image(path), Path(path))
+
+
+class Session:
+    """The state of one run: its images by id and the conversation so far."""
+
+    def __init__(self, session_id: str, question: str, files: ImageFiles):
+        self.id = session_id
+        self.question = question
+        self.files = files
+        self.images: dict[str, tuple[ev.ImageInfo, Image.Image]] = {}
+        self.turns: list[Turn] = []
+
+    def add_image(self, image: Image.Image, *, source: Path | None = None, **info: Any) -> ev.ImageInfo:
+        image_id = f"image-{len(self.images)}"
+        sha256, path = self.files.save_file(source) if source else self.files.save(image)
+        record = ev.ImageInfo(image_id=image_id, sha256=sha256, path=str(path), width=image.width, height=image.height, **info)
+        self.images[image_id] = (record, image)
+        return record
+
+    def lookup(self, image_id: str) -> Image.Image:
+        if image_id not in self.images:
+            known = list(self.images)
+            have = f"{known[0]} to {known[-1]}" if len(known) > 1 else (known[0] if known else "none")
+            raise ValueError(f"{image_id} does not exist; the images in this session are {have}")
+        return self.images[image_id][1]
+
+
+def run(
+    question: str,
+    images: Sequence[InputImage | Image.Image | str | Path],
+    backend: Backend,
+    *,
+    tools: Toolbox | None = None,
+    files: ImageFiles | None = None,
+    max_replies: int = MAX_REPLIES,
+    cancel: threading.Event | None = None,
+    session_id: str | None = None,
+) -> Iterator[ev.Event]:
+    """Run one CoTA session and yield its events; the last one is always :class:`events.Finished`."""
+    from taco_app.config import Settings
+
+    tools = tools or default_tools()
+    files = files or ImageFiles(Settings.load().images_dir)
+    cancel = cancel or threading.Event()
+    session = Session(session_id or uuid.uuid4().hex, question, files)
+    started = time.time()
+    clock = time.perf_counter()
+
+    inputs = [img if isinstance(img, InputImage) else (InputImage(img) if isinstance(img, Image.Image) else InputImage.open(img)) for img in images]
+    infos = [session.add_image(item.image, source=item.path, role="input") for item in inputs]
+    yield ev.SessionStarted(
+        step=0, session_id=session.id, question=question, images=infos, backend=backend.name,
+        model=backend.model_id, family=backend.family, max_replies=max_replies, started_at=started,
+    )
+    session.turns.append(user_request(question, [info.image_id for info in infos]))
+
+    def finish(status: str, answer: Any, step: int, message: str = "") -> ev.Finished:
+        return ev.Finished(step=step, session_id=session.id, status=status, answer=answer, steps=step,
+                           total_s=round(time.perf_counter() - clock, 4), message=message)
+
+    last_step = max_replies + 1
+    for step in range(1, last_step + 1):
+        if cancel.is_set():
+            yield finish("cancelled", None, step - 1, "Stopped before the model replied.")
+            return
+        prompt = build_prompt(session.turns, backend.family)
+        yield ev.StepStarted(step=step, prompt_chars=len(prompt.text), image_ids=list(prompt.image_ids))
+
+        # --- generate -------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        pieces: list[str] = []
+        try:
+            for chunk in backend.stream(prompt.text, [session.images[i][1] for i in prompt.image_ids]):
+                pieces.append(chunk)
+                yield ev.ThoughtDelta(step=step, text=chunk)
+                if cancel.is_set():
+                    break
+        except Exception as err:  # a broken backend ends the session; the person sees why
+            yield ev.Error(step=step, code="backend", message=f"The model backend failed: {err}")
+            yield finish("failed", None, step, str(err))
+            return
+        if cancel.is_set():
+            yield finish("cancelled", None, step, "Stopped while the model was replying.")
+            return
+        raw = "".join(pieces)
+        generation_s = round(time.perf_counter() - t0, 4)
+        session.turns.append(assistant_turn(raw))
+
+        # --- parse ----------------------------------------------------------------------------
+        parsed = parse(raw)
+        if isinstance(parsed, ParseFailure):
+            feedback = parse_error_turn(parsed.code, parsed.message)
+            yield ev.ParseError(step=step, raw=raw, code=parsed.code, message=parsed.message,
+                                observation=feedback.text, generation_s=generation_s)
+        else:
+            yield ev.ActionParsed(step=step, raw=raw, thought=parsed.thought, action=parsed.action, generation_s=generation_s)
+            action = parsed.action
+            if action is None:
+                feedback = no_action_turn()
+                yield ev.Observation(step=step, action=None, observation=feedback.text,
+                                     output={"message": NO_ACTION_MESSAGE})
+            elif action["name"] == "Terminate" and isinstance(action["arguments"], dict) and "answer" in action["arguments"]:
+                answer = action["arguments"]["answer"]
+                yield ev.FinalAnswer(step=step, answer=ev.json_safe(answer))
+                yield finish("finished", ev.json_safe(answer), step)
+                return
+            elif step == last_step:
+                break  # no observation would reach the model: do not run the tool
+            else:
+                feedback = yield from _execute(session, tools, step, action)
+        if step == last_step:
+            break
+        session.turns.append(feedback)
+
+    message = f"No answer within {last_step} steps: the model did not call Terminate."
+    yield ev.Error(step=last_step, code="max_steps", message=message)
+    yield finish("max_steps", None, last_step, message)
+
+
+def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]) -> Iterator[ev.Event]:
+    """Run one action; yields its events and returns the turn to feed back."""
+    yield ev.ToolStarted(step=step, action=action)
+    t0 = time.perf_counter()
+    try:
+        tool = tools.get(action["name"])
+        result = tool(action["arguments"], session.lookup)
+    except Exception as err:  # a tool failure is the model's to handle, as in TACO
+        feedback = failed_execution_turn(err)
+        yield ev.Observation(step=step, action=action, observation=feedback.text, output=None,
+                             error=describe_error(err), tool_s=round(time.perf_counter() - t0, 4))
+        return feedback
+    tool_s = round(time.perf_counter() - t0, 4)
+
+    output: dict[str, Any] = {}
+    produced: list[str] = []
+    for key, value in result.output.items():
+        if isinstance(value, ProducedImage):
+            info = session.add_image(value.image, role="tool", parent=value.parent, bbox=value.bbox, step=step, action=action["name"])
+            yield ev.ImageProduced(step=step, image=info)
+            produced.append(info.image_id)
+            value = ImagePart(info.image_id)
+        output[key] = value
+    feedback = observation_turn(output)
+    overlays = dict(result.overlays)
+    if "regions" in overlays and "image" in action["arguments"]:
+        overlays.setdefault("on", image_id(action["arguments"]["image"]))
+    yield ev.Observation(
+        step=step, action=action, observation=feedback.text,
+        output=ev.json_safe({k: (v.image_id if isinstance(v, ImagePart) else v) for k, v in output.items()}),
+        image_ids=produced, overlays=ev.json_safe(overlays), tool_s=tool_s,
+    )
+    return feedback

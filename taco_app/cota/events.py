@@ -1,0 +1,182 @@
+"""Typed events of a CoTA session.
+
+The step loop yields these; the CLI, the UI and the store consume them. Each is a dataclass with a
+fixed ``kind``; :func:`to_dict` / :func:`from_dict` are the one place that turns them to and from
+JSON (the discriminator is written as ``"type"``). Images travel by id and content hash, never
+as bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class Event:
+    kind: ClassVar[str] = ""
+    step: int = 0
+
+
+@dataclass
+class ImageInfo:
+    """An image of the session: an input (``parent`` None) or a tool output."""
+
+    image_id: str
+    sha256: str
+    path: str
+    width: int
+    height: int
+    role: str = "input"  # "input" | "tool"
+    parent: str | None = None  # the image it was derived from
+    bbox: list[float] | None = None  # the normalised region of the parent it came from
+    step: int | None = None  # the step whose tool made it
+    action: str | None = None
+
+
+@dataclass
+class SessionStarted(Event):
+    kind: ClassVar[str] = "session_started"
+    session_id: str = ""
+    question: str = ""
+    images: list[ImageInfo] = field(default_factory=list)
+    backend: str = ""
+    model: str | None = None
+    family: str = ""
+    max_replies: int = 10
+    started_at: float = 0.0
+
+
+@dataclass
+class StepStarted(Event):
+    kind: ClassVar[str] = "step_started"
+    prompt_chars: int = 0
+    image_ids: list[str] = field(default_factory=list)  # the images given to the model this step
+
+
+@dataclass
+class ThoughtDelta(Event):
+    """A chunk of raw model output as it is generated."""
+
+    kind: ClassVar[str] = "thought_delta"
+    text: str = ""
+
+
+@dataclass
+class ActionParsed(Event):
+    kind: ClassVar[str] = "action_parsed"
+    raw: str = ""
+    thought: str = ""
+    action: dict[str, Any] | None = None  # None: the model gave an empty actions list
+    generation_s: float = 0.0
+
+
+@dataclass
+class ParseError(Event):
+    kind: ClassVar[str] = "parse_error"
+    raw: str = ""
+    code: str = "json"
+    message: str = ""
+    observation: str = ""  # the repair turn fed back to the model
+    generation_s: float = 0.0
+
+
+@dataclass
+class ToolStarted(Event):
+    kind: ClassVar[str] = "tool_started"
+    action: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Observation(Event):
+    """The result of an executed action, and the exact turn text fed back to the model."""
+
+    kind: ClassVar[str] = "observation"
+    action: dict[str, Any] | None = None
+    observation: str = ""
+    output: dict[str, Any] | None = None  # the tool's output, JSON-safe; None when it failed
+    error: str | None = None  # "<class 'ValueError'>: message" when the tool failed
+    image_ids: list[str] = field(default_factory=list)  # images this step produced
+    overlays: dict[str, Any] = field(default_factory=dict)  # what the UI draws (regions, …)
+    tool_s: float = 0.0
+
+
+@dataclass
+class ImageProduced(Event):
+    kind: ClassVar[str] = "image_produced"
+    image: ImageInfo | None = None
+
+
+@dataclass
+class FinalAnswer(Event):
+    kind: ClassVar[str] = "answer"
+    answer: Any = None
+
+
+@dataclass
+class Error(Event):
+    """A failure of the session itself (the backend broke, the step limit was reached, …)."""
+
+    kind: ClassVar[str] = "error"
+    message: str = ""
+    code: str = "error"  # "backend" | "max_steps" | "cancelled" | "error"
+
+
+@dataclass
+class Finished(Event):
+    kind: ClassVar[str] = "final"
+    session_id: str = ""
+    status: str = "finished"  # finished | failed | cancelled | max_steps
+    answer: Any = None
+    steps: int = 0
+    total_s: float = 0.0
+    message: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        SessionStarted, StepStarted, ThoughtDelta, ActionParsed, ParseError, ToolStarted,
+        Observation, ImageProduced, FinalAnswer, Error, Finished,
+    )
+}
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-encodable copy: non-finite floats and unknown objects become strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    data = {"type": event.kind}
+    data.update(json_safe(dataclasses.asdict(event)))
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> Event:
+    cls = EVENT_TYPES[data["type"]]
+    kwargs = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+    if cls is SessionStarted:
+        kwargs["images"] = [ImageInfo(**i) for i in kwargs.get("images", [])]
+    if cls is ImageProduced and kwargs.get("image") is not None:
+        kwargs["image"] = ImageInfo(**kwargs["image"])
+    return cls(**kwargs)
+
+
+def to_json(event: Event) -> str:
+    return json.dumps(to_dict(event), ensure_ascii=False, allow_nan=False)
+
+
+def from_json(line: str) -> Event:
+    return from_dict(json.loads(line))
