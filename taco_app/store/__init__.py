@@ -1,0 +1,1 @@
+"""Persistence. All file and database access of sessions lives in this package."""

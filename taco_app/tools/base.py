@@ -1,0 +1,188 @@
+"""The tool interface: a small class with declared inputs and one ``forward`` method.
+
+Arguments come from model output, so they are checked here, before a tool runs: a wrong or
+missing argument raises ``TypeError``/``ValueError`` with a message the model can act on, and the
+step loop turns it into TACO's failed-execution turn. Heavy models are loaded in ``setup()``, once
+per process, on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from PIL import Image
+
+# Argument kinds a tool can declare.
+IMAGE, IMAGES, BBOX, TEXT, TEXTS, NUMBER = "image", "images", "bbox", "text", "texts", "number"
+
+_IMAGE_ID = re.compile(r"^\s*image[-_ ]?(\d+)\s*(?::.*)?$", re.I)
+
+
+@dataclass
+class ProducedImage:
+    """An image a tool made; the loop gives it the next ``image-k`` id and feeds it to the model."""
+
+    image: Image.Image
+    parent: str | None = None  # the image id it was derived from
+    bbox: list[float] | None = None  # the normalised region of the parent it shows
+
+
+@dataclass
+class ToolResult:
+    output: dict[str, Any]  # the observation; ProducedImage values become 'image-k: <image>'
+    overlays: dict[str, Any] = field(default_factory=dict)  # what the UI draws, JSON-safe
+
+
+ImageLookup = Callable[[str], Image.Image]
+
+
+class Tool:
+    name: ClassVar[str]
+    inputs: ClassVar[dict[str, str]] = {}  # argument -> kind, required
+    optional: ClassVar[dict[str, str]] = {}  # argument -> kind, may be omitted
+    model_id: ClassVar[str | None] = None  # the model it runs, for `doctor`
+
+    def __init__(self) -> None:
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def setup(self) -> None:
+        """Load heavy resources. Called once, on first use."""
+
+    def forward(self, **kwargs: Any) -> dict[str, Any] | ToolResult:
+        raise NotImplementedError
+
+    def ensure_ready(self) -> None:
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self.setup()
+                    self._ready = True
+
+    def __call__(self, arguments: dict[str, Any], lookup: ImageLookup) -> ToolResult:
+        kwargs = self.check_arguments(arguments, lookup)
+        self.ensure_ready()
+        result = self.forward(**kwargs)
+        if not isinstance(result, ToolResult):
+            result = ToolResult(output=result)
+        parent = arguments.get("image") if "image" in self.inputs else None
+        for value in result.output.values():
+            if isinstance(value, ProducedImage) and value.parent is None and isinstance(parent, str):
+                value.parent = image_id(parent)
+        return result
+
+    def check_arguments(self, arguments: dict[str, Any], lookup: ImageLookup) -> dict[str, Any]:
+        missing = [name for name in self.inputs if name not in arguments]
+        if missing:
+            raise TypeError(f"{self.name} is missing the argument {', '.join(repr(m) for m in missing)}; it takes {self._signature()}.")
+        known = {**self.inputs, **self.optional}
+        unknown = [name for name in arguments if name not in known]
+        if unknown:
+            raise TypeError(f"{self.name} got an unexpected argument {', '.join(repr(u) for u in unknown)}; it takes {self._signature()}.")
+        return {name: convert(kind, name, arguments[name], lookup) for name, kind in known.items() if name in arguments}
+
+    def _signature(self) -> str:
+        names = list(self.inputs) + [f"{n} (optional)" for n in self.optional]
+        return ", ".join(names) if names else "no arguments"
+
+
+class UnavailableTool(Tool):
+    """A TACO action registered but not implemented in this build."""
+
+    def __init__(self, name: str, arguments: dict[str, str]):
+        super().__init__()
+        self.name = name  # type: ignore[misc]
+        self.optional = {arg: "any" for arg in arguments}  # type: ignore[misc]
+
+    def forward(self, **kwargs: Any) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.name} is not available yet in TACO Studio. Use another action, or answer with what you already know")
+
+
+# --- argument conversion -------------------------------------------------------------------
+
+
+def image_id(value: Any) -> str:
+    """Normalise an image reference: 'image-1', 'image_1', 'Image 1', 'image-1: <image>', 1 → 'image-1'."""
+    if isinstance(value, bool):
+        raise TypeError(f"expected an image id like 'image-0', got {value!r}")
+    if isinstance(value, int):
+        return f"image-{value}"
+    if isinstance(value, str):
+        match = _IMAGE_ID.match(value)
+        if match:
+            return f"image-{int(match.group(1))}"
+    raise ValueError(f"expected an image id like 'image-0', got {_short(value)}")
+
+
+def convert(kind: str, name: str, value: Any, lookup: ImageLookup) -> Any:
+    if kind == IMAGE:
+        return lookup(image_id(value))
+    if kind == IMAGES:
+        return [lookup(image_id(v)) for v in _as_list(name, value)]
+    if kind == BBOX:
+        return check_bbox(value)
+    if kind == TEXT:
+        if isinstance(value, (dict, list)) or value is None:
+            raise TypeError(f"'{name}' must be a string, got {_short(value)}")
+        return str(value)
+    if kind == TEXTS:
+        items = _as_list(name, value)
+        if not items or not all(isinstance(v, (str, int, float)) for v in items):
+            raise TypeError(f"'{name}' must be a non-empty list of strings, got {_short(value)}")
+        return [str(v) for v in items]
+    if kind == NUMBER:
+        return _number(name, value)
+    return value
+
+
+def check_bbox(value: Any) -> list[float]:
+    """A normalised ``[left, top, right, bottom]`` box, each in 0..1, with left<right, top<bottom."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"bbox must be a list of 4 numbers [left, top, right, bottom], got {_short(value)}") from None
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ValueError(f"bbox must be a list of 4 numbers [left, top, right, bottom], got {_short(value)}")
+    box = [_number("bbox", v) for v in value]
+    if not all(0.0 <= v <= 1.0 for v in box):
+        raise ValueError(f"Bounding box coordinates must be between 0 and 1 (fractions of the image width/height), got {box}")
+    left, top, right, bottom = box
+    if left >= right or top >= bottom:
+        raise ValueError(f"bbox must have left < right and top < bottom, got {box}")
+    return box
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError(f"'{name}' must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise TypeError(f"'{name}' must be a number, got {_short(value)}") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"'{name}' must be a finite number, got {_short(value)}")
+    return float(value)
+
+
+def _as_list(name: str, value: Any) -> list[Any]:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = [value]
+        value = parsed if isinstance(parsed, list) else [value]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"'{name}' must be a list, got {_short(value)}")
+    return list(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

