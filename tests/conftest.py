@@ -1,0 +1,56 @@
+"""Shared fixtures: a private TACO_HOME per test, no network, the reference data, a session runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from taco_app.backends import ReplayBackend
+from taco_app.cota import events as ev
+from taco_app.cota.agent import run
+from taco_app.store.files import ImageFiles
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = Path(os.environ.get("TACO_REFERENCE", ROOT.parent / "shared" / "taco-reference"))
+
+
+@pytest.fixture(autouse=True)
+def taco_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "taco-home"
+    monkeypatch.setenv("TACO_HOME", str(home))
+    monkeypatch.delenv("TACO_DB_URL", raising=False)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests never reach the network: only loopback connections are allowed."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
+            raise OSError(f"network access blocked in tests: {address!r}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not (REFERENCE / "traces").is_dir():
+        pytest.skip(f"TACO reference data not found at {REFERENCE} (set TACO_REFERENCE to its folder)")
+    return REFERENCE
+
+
+def run_session(outputs, images=(), question="What is in the image?", **kwargs) -> list[ev.Event]:
+    """Run a whole session on scripted model outputs and return its events."""
+    kwargs.setdefault("files", ImageFiles(Path(os.environ["TACO_HOME"]) / "images"))
+    return list(run(question, list(images), ReplayBackend(outputs), **kwargs))
+
+
+def of_kind(events, cls):
+    return [e for e in events if isinstance(e, cls)]

@@ -1,0 +1,141 @@
+"""The command line, as people and scripts call it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from .conftest import ROOT
+
+
+def app(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, check=check, timeout=300)
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def draw_fuel_sign(path) -> None:
+    """A fuel-price sign, drawn here: prices the model has to read, then divide into $50."""
+    img = Image.new("RGB", (1024, 768), "#87a8c8")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([140, 60, 884, 600], fill="white", outline="#0b3d91", width=12)
+    big = ImageFont.load_default(size=64)
+    draw.text((512, 130), "GAS PRICES", font=big, fill="#0b3d91", anchor="mm")
+    for i, (grade, price) in enumerate([("Unleaded", "3.79"), ("Super", "4.09"), ("Diesel", "4.39")]):
+        y = 260 + i * 120
+        draw.text((190, y), grade, font=big, fill="black", anchor="lm")
+        draw.text((840, y), f"${price}", font=big, fill="#c00000", anchor="rm")
+    img.save(path)
+
+
+@pytest.mark.slow
+def test_fuel_sign_ocr_calculate_terminate(tmp_path):
+    sign, script = tmp_path / "sign.png", tmp_path / "script.json"
+    draw_fuel_sign(sign)
+    script.write_text(json.dumps([
+        '{"thought":"I need to read the prices on the sign.","actions":[{"name":"OCR","arguments":{"image":"image-0"}}]}',
+        '{"thought":"Unleaded costs $3.79 per gallon.","actions":[{"name":"Calculate","arguments":{"expression":"50 / 3.79"}}]}',
+        '{"thought":"So about 13.19 gallons.","actions":[{"name":"Terminate","arguments":{"answer":"About 13.19 gallons"}}]}',
+    ]))
+    result = app("run", "--image", str(sign), "--question", "How much gas can I buy with $50?", "--backend", f"replay:{script}", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = json_lines(result.stdout)
+    assert all("type" in line and "step" in line for line in lines)
+    executed = [line for line in lines if line["type"] == "observation"]
+    ocr, calc = executed
+    assert ocr["action"] == {"name": "OCR", "arguments": {"image": "image-0"}}
+    for price in ("3.79", "4.09", "4.39"):
+        assert price in ocr["observation"], ocr["observation"]
+    assert ocr["observation"].startswith("OBSERVATION:\n{'text': '")
+    assert calc["observation"].startswith(f"OBSERVATION:\n{{'result': {50 / 3.79!r}}}")
+    assert calc["output"] == {"result": 13.192612137203167}
+    final = lines[-1]
+    assert final["type"] == "final" and final["answer"] == "About 13.19 gallons" and final["steps"] == 3
+    assert len(final["session_id"]) == 32
+
+
+def test_run_json_contract_with_cheap_tools(tmp_path):
+    image, script = tmp_path / "white.png", tmp_path / "s.json"
+    Image.new("RGB", (64, 48), "white").save(image)
+    script.write_text(json.dumps([
+        '{"thought":"crop","actions":[{"name":"Crop","arguments":{"image":"image-0","bbox":[0.25,0.25,0.75,0.75]}}]}',
+        "not json at all",
+        '{"thought":"done","actions":[{"name":"Terminate","arguments":{"answer":"white"}}]}',
+    ]))
+    result = app("run", "--image", str(image), "--question", "What colour?", "--backend", f"replay:{script}", "--json", check=True)
+    lines = json_lines(result.stdout)
+    types = [line["type"] for line in lines if line["type"] != "thought_delta"]
+    assert types == ["session_started", "step_started", "action_parsed", "tool_started", "image_produced", "observation",
+                     "step_started", "parse_error", "step_started", "action_parsed", "answer", "final"]
+    crop = next(line for line in lines if line["type"] == "observation")
+    assert crop["observation"].startswith("OBSERVATION:\n{'image': 'image-1: <image>'}")
+    assert lines[-1]["answer"] == "white"
+
+
+def test_model_failure_still_exits_zero(tmp_path):
+    image, script = tmp_path / "x.png", tmp_path / "s.json"
+    Image.new("RGB", (8, 8)).save(image)
+    script.write_text(json.dumps(["{}"]))
+    result = app("run", "--image", str(image), "--question", "q", "--backend", f"replay:{script}", "--json")
+    assert result.returncode == 0
+    final = json_lines(result.stdout)[-1]
+    assert final["type"] == "final" and final["answer"] is None
+
+
+def test_human_output(tmp_path):
+    image, script = tmp_path / "x.png", tmp_path / "s.json"
+    Image.new("RGB", (8, 8)).save(image)
+    script.write_text(json.dumps(['{"thought":"easy","actions":[{"name":"Terminate","arguments":{"answer":"8"}}]}']))
+    out = app("run", "--image", str(image), "--question", "q", "--backend", f"replay:{script}", check=True).stdout
+    assert "thought: easy" in out and "answer: 8" in out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--image", "/nonexistent.jpg"], "image not found"),
+        (["--image", "pyproject.toml"], "not an image"),
+        (["--backend", "replay:/nonexistent.json"], "replay script not found"),
+        (["--backend", "bogus"], "unknown backend"),
+    ],
+)
+def test_usage_errors_are_one_line_and_nonzero(tmp_path, args, message):
+    image = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8)).save(image)
+    script = tmp_path / "s.json"
+    script.write_text("[]")
+    base = {"--image": str(image), "--backend": f"replay:{script}"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    result = app("run", "--question", "q", *[x for kv in base.items() for x in kv])
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_truncated_image_is_a_usage_error(tmp_path):
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (300, 300), "red").save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(good.read_bytes()[:200])
+    result = app("run", "--image", str(bad), "--question", "q", "--backend", "replay:x.json")
+    assert result.returncode == 2 and "cannot read image" in result.stderr
+
+
+def test_doctor_lists_every_action():
+    out = app("doctor", check=True).stdout
+    for name in ("OCR", "Crop", "Calculate", "Terminate", "GetObjects"):
+        assert name in out
+    assert "easyocr" in out
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = "import sys, taco_app.cli, taco_app.cota.agent, taco_app.tools; print('torch' in sys.modules, 'gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
