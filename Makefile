@@ -1,0 +1,37 @@
+# `make run` and `make test` are the two entry points; both keep .venv in step with requirements.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast bench examples clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) app.py
+
+# The whole suite, slow tests included (they replay every reference trace with live OCR).
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Quick loop while developing: everything but the slow tests.
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m tests.bench_engine
+
+examples: $(VENV)/.installed
+	$(PY) -m taco_app.examples
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
