@@ -10,7 +10,6 @@ import json
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Sequence
 
 from taco_app import __version__

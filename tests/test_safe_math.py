@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taco_app.tools.safe_math import MathError, calculate, solve_equation
+from taco_app.tools.equations import solve_equation
+from taco_app.tools.safe_math import MathError, calculate
 
 ALLOWED_ERRORS = (MathError, ZeroDivisionError)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from taco_app.tools.base import TEXT, Tool
-from taco_app.tools.safe_math import calculate, solve_equation
+from taco_app.tools.equations import solve_equation
+from taco_app.tools.safe_math import calculate
 
 
 class Calculate(Tool):
