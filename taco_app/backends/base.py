@@ -22,3 +22,6 @@ class Backend(Protocol):
         ``prompt`` is the full chat-wrapped text with one ``<image>`` per entry of ``images``.
         """
         ...
+
+    # Optional: ``generate_text(prompt: str) -> str``, the backend's own model answering a plain
+    # text question (used by QueryLanguageModel). Backends without a language model omit it.

@@ -161,7 +161,7 @@ def run(
             elif step == last_step:
                 break  # no observation would reach the model: do not run the tool
             else:
-                feedback = yield from _execute(session, tools, step, action)
+                feedback = yield from _execute(session, tools, step, action, getattr(backend, "generate_text", None))
         if step == last_step:
             break
         session.turns.append(feedback)
@@ -171,13 +171,13 @@ def run(
     yield finish("max_steps", None, last_step, message)
 
 
-def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]) -> Iterator[ev.Event]:
+def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any], language_model: Any) -> Iterator[ev.Event]:
     """Run one action; yields its events and returns the turn to feed back."""
     yield ev.ToolStarted(step=step, action=action)
     t0 = time.perf_counter()
     try:
         tool = tools.get(action["name"])
-        result = tool(action["arguments"], session.lookup)
+        result = tool(action["arguments"], session.lookup, language_model=language_model)
     except Exception as err:  # a tool failure is the model's to handle, as in TACO
         feedback = failed_execution_turn(err)
         yield ev.Observation(step=step, action=action, observation=feedback.text, output=None,
@@ -196,6 +196,9 @@ def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]
         output[key] = value
     feedback = observation_turn(output)
     overlays = dict(result.overlays)
+    for name, picture in result.artifacts.items():  # for the UI only; the model never sees these
+        sha256, path = session.files.save(picture)
+        overlays.setdefault("artifacts", {})[name] = {"sha256": sha256, "path": str(path)}
     if "regions" in overlays and "image" in action["arguments"]:
         overlays.setdefault("on", image_id(action["arguments"]["image"]))
     yield ev.Observation(

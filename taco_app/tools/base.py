@@ -36,6 +36,10 @@ class ProducedImage:
 class ToolResult:
     output: dict[str, Any]  # the observation; ProducedImage values become 'image-k: <image>'
     overlays: dict[str, Any] = field(default_factory=dict)  # what the UI draws, JSON-safe
+    artifacts: dict[str, Image.Image] = field(default_factory=dict)  # pictures for the UI only (e.g. a depth map)
+
+
+LanguageModel = Callable[[str], str]  # text in, text out: the active backend's own model
 
 
 ImageLookup = Callable[[str], Image.Image]
@@ -46,6 +50,7 @@ class Tool:
     inputs: ClassVar[dict[str, str]] = {}  # argument -> kind, required
     optional: ClassVar[dict[str, str]] = {}  # argument -> kind, may be omitted
     model_id: ClassVar[str | None] = None  # the model it runs, for `doctor`
+    uses_language_model: ClassVar[bool] = False  # forward() gets `language_model=` (None if there is none)
 
     def __init__(self) -> None:
         self._ready = False
@@ -64,8 +69,10 @@ class Tool:
                     self.setup()
                     self._ready = True
 
-    def __call__(self, arguments: dict[str, Any], lookup: ImageLookup) -> ToolResult:
+    def __call__(self, arguments: dict[str, Any], lookup: ImageLookup, *, language_model: LanguageModel | None = None) -> ToolResult:
         kwargs = self.check_arguments(arguments, lookup)
+        if self.uses_language_model:
+            kwargs["language_model"] = language_model
         self.ensure_ready()
         result = self.forward(**kwargs)
         if not isinstance(result, ToolResult):
