@@ -29,6 +29,7 @@ test-fast: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m tests.bench_engine
+	$(PY) -m tests.bench_tools
 
 examples: $(VENV)/.installed
 	$(PY) -m taco_app.examples

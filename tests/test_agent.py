@@ -11,7 +11,7 @@ from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
 from taco_app.cota.agent import run
 from taco_app.tools import Tool, default_tools
-from taco_app.tools.base import IMAGE, ProducedImage
+from taco_app.tools.base import IMAGE, ProducedImage, UnavailableTool
 
 from .conftest import of_kind, run_session
 
@@ -136,7 +136,8 @@ def test_tool_exception_becomes_tacos_failed_turn_and_session_goes_on(photo):
 
 
 def test_unavailable_action_says_so(photo):
-    events = run_session([step("GetObjects", image="image-0"), terminate()], [photo])
+    placeholder = UnavailableTool("GetObjects", {"image": "the image"})
+    events = run_session([step("GetObjects", image="image-0"), terminate()], [photo], tools=default_tools().replace(placeholder))
     assert "GetObjects is not available yet" in of_kind(events, ev.Observation)[0].observation
 
 

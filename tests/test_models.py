@@ -12,6 +12,8 @@ C = ModelSlot("c", "Model C", "org/c", "TEST_MODEL_C")
 
 
 class Loader:
+    """A fake loader; the fake ids have no weights on disk, so the manager is told not to look."""
+
     def __init__(self):
         self.calls = []
 
@@ -22,16 +24,16 @@ class Loader:
 
 def test_loads_once_and_keeps_warm():
     manager, loader = ModelManager(device="cpu"), Loader()
-    assert manager.get(A, loader) == "org/a@cpu"
-    assert manager.get(A, loader) == "org/a@cpu"
+    assert manager.get(A, loader, check_weights=False) == "org/a@cpu"
+    assert manager.get(A, loader, check_weights=False) == "org/a@cpu"
     assert loader.calls == [("org/a", "cpu")]
 
 
 def test_env_override_loads_the_new_model(monkeypatch):
     manager, loader = ModelManager(device="cpu"), Loader()
-    manager.get(A, loader)
+    manager.get(A, loader, check_weights=False)
     monkeypatch.setenv("TEST_MODEL_A", "/models/other")
-    assert manager.get(A, loader) == "/models/other@cpu"
+    assert manager.get(A, loader, check_weights=False) == "/models/other@cpu"
     assert len(manager.loaded()) == 2
 
 
@@ -43,10 +45,10 @@ def test_gpu_pressure_evicts_least_recently_used():
     manager, loader = ModelManager(device="cuda", free_bytes=free), Loader()
     holder["m"] = manager
     manager._release = lambda: None  # no real CUDA here
-    manager.get(A, loader, estimate_bytes=4_000)
-    manager.get(B, loader, estimate_bytes=4_000)
-    manager.get(A, loader)  # A becomes the most recently used
-    manager.get(C, loader, estimate_bytes=4_000)  # needs 4800, 2000 free: B must go
+    manager.get(A, loader, estimate_bytes=4_000, check_weights=False)
+    manager.get(B, loader, estimate_bytes=4_000, check_weights=False)
+    manager.get(A, loader, check_weights=False)  # A becomes the most recently used
+    manager.get(C, loader, estimate_bytes=4_000, check_weights=False)  # needs 4800, 2000 free: B must go
     assert manager.evictions == [("b", "org/b")]
     assert set(manager.loaded()) == {("a", "org/a"), ("c", "org/c")}
     assert loader.calls == [("org/a", "cuda"), ("org/b", "cuda"), ("org/c", "cuda")]
@@ -64,7 +66,7 @@ def test_real_make_room_stops_when_enough_is_free():
 def test_cpu_never_evicts():
     manager, loader = ModelManager(device="cpu", free_bytes=lambda: 0), Loader()
     for slot in (A, B, C):
-        manager.get(slot, loader, estimate_bytes=10**12)
+        manager.get(slot, loader, estimate_bytes=10**12, check_weights=False)
     assert manager.evictions == [] and len(manager.loaded()) == 3
 
 
@@ -85,3 +87,10 @@ def test_local_path_accepts_a_folder_with_config(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert local_path(str(tmp_path)) == tmp_path
     assert local_path("nobody/no-such-model") is None
+
+
+def test_manager_reports_missing_weights_before_loading():
+    manager, loader = ModelManager(), Loader()
+    with pytest.raises(ModelUnavailable, match="TEST_MODEL_A"):
+        manager.get(A, loader)
+    assert loader.calls == [] and manager._device is None  # nothing loaded, torch not even asked

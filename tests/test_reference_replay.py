@@ -110,9 +110,13 @@ def test_ocr_runs_live_and_report_differences(replayed):
         print(f"--- {name}\nrecorded: {recorded[:400]!r}\nours:     {ours[:400]!r}")
 
 
-def test_no_program_errors_and_unavailable_tools_are_explained(replayed):
+# Why a tool may fail here: no Hub weights, no internet, no language model behind the replay backend.
+EXPLAINED = ("python app.py download", "knowledge base unreachable", "no language model loaded", "does not exist")
+
+
+def test_no_tool_call_raises_out_of_the_loop_and_failures_are_explained(replayed):
     for r in replayed:
         assert not [e for e in r.events if isinstance(e, ev.Error)], r.name
         for obs in (e for e in r.events if isinstance(e, ev.Observation)):
             if obs.error:
-                assert "not available yet" in obs.error or obs.action["name"] == "Calculate" or "does not exist" in obs.error, (r.name, obs.error)
+                assert any(reason in obs.error for reason in EXPLAINED), (r.name, obs.error)

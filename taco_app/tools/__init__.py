@@ -11,12 +11,23 @@ from taco_app.cota.registry import action_specs
 from taco_app.tools.base import ImageLookup, ProducedImage, Tool, ToolResult, UnavailableTool
 from taco_app.tools.calculator import Calculate, SolveMathEquation
 from taco_app.tools.control import Terminate
+from taco_app.tools.depth import EstimateObjectDepth, EstimateRegionDepth
+from taco_app.tools.detection import LocalizeObjects
+from taco_app.tools.faces import DetectFaces
 from taco_app.tools.imageops import Crop, ZoomIn
+from taco_app.tools.knowledge import QueryKnowledgeBase
+from taco_app.tools.language import QueryLanguageModel
 from taco_app.tools.ocr import OCR
+from taco_app.tools.similarity import GetImageToImagesSimilarity, GetImageToTextsSimilarity, GetTextToImagesSimilarity
+from taco_app.tools.tagging import GetObjects
 
 __all__ = ["Toolbox", "Tool", "ToolResult", "ProducedImage", "ImageLookup", "default_tools"]
 
-IMPLEMENTED: tuple[type[Tool], ...] = (OCR, Crop, ZoomIn, Calculate, SolveMathEquation, Terminate)
+IMPLEMENTED: tuple[type[Tool], ...] = (
+    OCR, LocalizeObjects, GetObjects, EstimateRegionDepth, EstimateObjectDepth, Crop, ZoomIn, QueryLanguageModel,
+    GetImageToImagesSimilarity, GetImageToTextsSimilarity, GetTextToImagesSimilarity, DetectFaces, QueryKnowledgeBase,
+    Calculate, SolveMathEquation, Terminate,
+)
 
 
 class UnknownAction(ValueError):

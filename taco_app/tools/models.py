@@ -150,13 +150,19 @@ class ModelManager:
             self._device = "cuda" if cuda_available() else "cpu"
         return self._device
 
-    def get(self, slot: ModelSlot, loader: Callable[[str, str], Any], *, estimate_bytes: int | None = None) -> Any:
-        """The slot's current model, loading it with ``loader(model_id, device)`` on first use."""
+    def get(self, slot: ModelSlot, loader: Callable[[str, str], Any], *, estimate_bytes: int | None = None,
+            check_weights: bool = True) -> Any:
+        """The slot's current model, loading it with ``loader(model_id, device)`` on first use.
+
+        Missing weights are reported before anything heavy is imported, so the answer is instant.
+        """
         key = (slot.key, slot.model_id)
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key].value
+            if check_weights and not downloads_allowed() and local_path(slot.model_id) is None:
+                raise ModelUnavailable(missing_message(slot))
             if self.device == "cuda":
                 self._make_room(estimate_bytes if estimate_bytes is not None else self._estimate(slot.model_id))
             started = time.perf_counter()
