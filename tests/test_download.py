@@ -59,5 +59,9 @@ def test_doctor_says_what_is_missing_and_the_fix(hf_cache, capsys):
     assert cli.main(["doctor"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
-    assert "yes" in lines["OCR"] and "yes" in lines["Calculate"]
+    assert "yes" in lines["OCR"] and "yes" in lines["Calculate"] and "yes" in lines["DetectFaces"]
+    for name in ("LocalizeObjects", "GetObjects", "EstimateRegionDepth", "GetImageToTextsSimilarity"):
+        assert lines[name].split()[-3:] == ["app.py", "download"] or "python app.py download" in lines[name], lines[name]
+        assert " no " in lines[name]
+    assert "run with a TACO model backend" in lines["QueryLanguageModel"]
     assert "tool models run on: cpu" in out

@@ -156,7 +156,7 @@ def convert(kind: str, name: str, value: Any, lookup: ImageLookup) -> Any:
     if kind == IMAGE:
         return lookup(image_id(value))
     if kind == IMAGES:
-        return [lookup(image_id(v)) for v in _as_list(name, value)]
+        return [lookup(image_id(v)) for v in as_list(name, value)]
     if kind == BBOX:
         return check_bbox(value)
     if kind == TEXT:
@@ -164,7 +164,7 @@ def convert(kind: str, name: str, value: Any, lookup: ImageLookup) -> Any:
             raise TypeError(f"'{name}' must be a string, got {_short(value)}")
         return str(value)
     if kind == TEXTS:
-        items = _as_list(name, value)
+        items = as_list(name, value)
         if not items or not all(isinstance(v, (str, int, float)) for v in items):
             raise TypeError(f"'{name}' must be a non-empty list of strings, got {_short(value)}")
         return [str(v) for v in items]
@@ -204,7 +204,8 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-def _as_list(name: str, value: Any) -> list[Any]:
+def as_list(name: str, value: Any) -> list[Any]:
+    """A list argument as given, or parsed from a JSON string, or a lone value wrapped in a list."""
     if isinstance(value, str):
         try:
             parsed = json.loads(value)

@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from taco_app.tools import models
-from taco_app.tools.base import IMAGE, IMAGES, TEXT, TEXTS, ImageLookup, Tool, ToolResult, _as_list, image_id
+from taco_app.tools.base import IMAGE, IMAGES, TEXT, TEXTS, ImageLookup, Tool, ToolResult, as_list, image_id
 from taco_app.tools.models import CLIP, MODELS
 
 IMAGE_BATCH = 32  # images per forward pass: bounded memory for long lists, one pass for usual ones
@@ -145,7 +145,7 @@ def compare(reference: Any, candidates: Any) -> tuple[list[float], int]:
 def _nonempty(tool: str, name: str, arguments: dict[str, Any], what: str) -> None:
     if name in arguments:
         value = arguments[name]
-        if isinstance(value, (list, tuple, str)) and not _as_list(name, value):
+        if isinstance(value, (list, tuple, str)) and not as_list(name, value):
             raise ValueError(f"{tool} needs at least one {what} in '{name}', got an empty list")
 
 
@@ -157,7 +157,7 @@ class _ClipTool(Tool):
         embedder()  # load (or fail with ModelUnavailable) before the first call
 
     def _ids(self, name: str, arguments: dict[str, Any]) -> list[str]:
-        return [image_id(v) for v in _as_list(name, arguments[name])]
+        return [image_id(v) for v in as_list(name, arguments[name])]
 
 
 class GetImageToImagesSimilarity(_ClipTool):
