@@ -168,7 +168,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     targets = [(slot.title, slot.model_id) for slot in SLOTS if not args.only or slot.key in args.only]
     if args.taco:
-        targets += [(f"TACO checkpoint (~16 GB)", model_id) for model_id in TACO_CHECKPOINTS]
+        targets += [("TACO checkpoint (~16 GB)", model_id) for model_id in TACO_CHECKPOINTS]
     failed = []
     for title, model_id in targets:
         print(f"{title}: {model_id}", flush=True)

@@ -56,7 +56,7 @@ def test_gpu_pressure_evicts_least_recently_used():
 
 def test_real_make_room_stops_when_enough_is_free():
     frees = iter([1_000, 1_000, 100_000])
-    manager, loader = ModelManager(device="cuda", free_bytes=lambda: next(frees)), Loader()
+    manager = ModelManager(device="cuda", free_bytes=lambda: next(frees))
     manager._release = lambda: None
     manager._loaded.update({("x", "1"): None, ("y", "2"): None, ("z", "3"): None})
     manager._make_room(50_000)

@@ -26,11 +26,8 @@ from taco_app.tools.models import (
     DEPTH,
     DETECTION,
     MODELS,
-    ModelUnavailable,
-    downloads_allowed,
     from_pretrained,
     local_path,
-    missing_message,
 )
 
 MODES = ("mean", "center", "mode")
@@ -116,11 +113,7 @@ def _load(model_id: str, device: str) -> tuple[Any, Any]:
 
 def load_model() -> tuple[Any, Any]:
     """(processor, model) for the DEPTH slot, loaded once per process and kept warm by MODELS."""
-    model_id = DEPTH.model_id
-    # Fail before importing transformers (seconds) when the weights are plainly not here.
-    if not downloads_allowed() and local_path(model_id) is None:
-        raise ModelUnavailable(missing_message(DEPTH, model_id))
-    return MODELS.get(DEPTH, _load)
+    return MODELS.get(DEPTH, _load)  # missing weights are reported there, before transformers is imported
 
 
 def predict_depth(image: Image.Image) -> np.ndarray:

@@ -37,9 +37,7 @@ class Detector:
 
 
 def _load(model_id: str, device: str) -> Detector:
-    # Check for the files before importing transformers (seconds): a missing model fails fast.
-    if models.local_path(model_id) is None and not models.downloads_allowed():
-        raise models.ModelUnavailable(models.missing_message(DETECTION, model_id))
+    # MODELS.get has already checked that the weights are here, before importing anything heavy.
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
     processor = models.from_pretrained(DETECTION, AutoProcessor, model_id)

@@ -109,7 +109,6 @@ def _normalise(features: Any) -> Any:
 
 def load_embedder(model_id: str, device: str) -> Embedder:
     """``MODELS`` loader for the CLIP slot: processor and model from local files only."""
-    _require_local(model_id)  # before importing transformers, which alone takes seconds
     from transformers import AutoModel, AutoProcessor
 
     processor = models.from_pretrained(CLIP, AutoProcessor, model_id)
@@ -122,16 +121,7 @@ def load_embedder(model_id: str, device: str) -> Embedder:
 
 def embedder() -> Embedder:
     """The process-wide embedder of the current ``CLIP`` slot model (loaded on first use)."""
-    model_id = CLIP.model_id
-    if (CLIP.key, model_id) not in MODELS.loaded():
-        # Fail fast when the weights are missing: MODELS.get imports torch (to pick a device) first.
-        _require_local(model_id)
-    return MODELS.get(CLIP, load_embedder)
-
-
-def _require_local(model_id: str) -> None:
-    if models.local_path(model_id) is None and not models.downloads_allowed():
-        raise models.ModelUnavailable(models.missing_message(CLIP, model_id))
+    return MODELS.get(CLIP, load_embedder)  # missing weights are reported there, before torch is imported
 
 
 def compare(reference: Any, candidates: Any) -> tuple[list[float], int]:
