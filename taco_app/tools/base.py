@@ -8,6 +8,7 @@ per process, on first use.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -134,6 +135,12 @@ class UnavailableTool(Tool):
 
     def forward(self, **kwargs: Any) -> dict[str, Any]:
         raise NotImplementedError(f"{self.name} is not available yet in TACO Studio. Use another action, or answer with what you already know")
+
+
+def content_key(image: Image.Image) -> str:
+    """A key for caching results per picture: equal pixels, mode and size give the same key."""
+    digest = hashlib.sha1(image.tobytes()).hexdigest()
+    return f"{digest}:{image.mode}:{image.width}x{image.height}"
 
 
 # --- argument conversion -------------------------------------------------------------------

@@ -11,7 +11,6 @@ bright, far = dark, with a scale bar); the model sees just ``{"depth": <float, 2
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from taco_app.tools.base import BBOX, IMAGE, TEXT, ImageLookup, Tool, ToolResult, ToolStatus
+from taco_app.tools.base import BBOX, IMAGE, TEXT, ImageLookup, Tool, ToolResult, ToolStatus, content_key
 from taco_app.tools.models import (
     DEPTH,
     DETECTION,
@@ -67,8 +66,7 @@ def clear_cache() -> None:
 
 
 def cache_key(image: Image.Image, model_id: str) -> str:
-    digest = hashlib.sha1(image.tobytes()).hexdigest()
-    return f"{digest}:{image.mode}:{image.width}x{image.height}:{model_id}"
+    return f"{content_key(image)}:{model_id}"
 
 
 def depth_map(image: Image.Image) -> DepthMap:

