@@ -90,10 +90,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BackendError as err:
         raise UsageError(str(err)) from None
 
+    from taco_app.store.db import Store
+
+    store = Store.open()
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # Ctrl-C stops the session cleanly
     try:
-        for event in run(args.question, inputs, backend, max_replies=args.max_replies, cancel=cancel):
+        session = run(args.question, inputs, backend, max_replies=args.max_replies, cancel=cancel)
+        for event in store.record(session):
             if args.json:
                 sys.stdout.write(ev.to_json(event) + "\n")
                 sys.stdout.flush()

@@ -1,0 +1,104 @@
+"""The database schema: sessions, their steps, their images, and people's feedback on them.
+
+SQLAlchemy 2.0 typed ORM. Times are UTC epoch seconds (floats), which sort and compare the same on
+every engine. JSON columns hold what the events carry as JSON (actions, answers, boxes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "finished", "failed", "cancelled", "interrupted", "max_steps")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaInfo(Base):
+    __tablename__ = "schema_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    question: Mapped[str] = mapped_column(Text)
+    backend: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(512), index=True)
+    revision: Mapped[str | None] = mapped_column(String(128))
+    quantisation: Mapped[str | None] = mapped_column(String(32))
+    family: Mapped[str] = mapped_column(String(32))
+    tool_versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    answer: Mapped[Any] = mapped_column(JSON, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text)
+    total_s: Mapped[float | None] = mapped_column(Float)
+    # Which process runs it: a session left `running` by a dead process is `interrupted`.
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+
+    steps: Mapped[list[StepRow]] = relationship(back_populates="session", order_by="StepRow.index", cascade="all, delete-orphan")
+    images: Mapped[list[ImageRow]] = relationship(back_populates="session", order_by="ImageRow.ordinal", cascade="all, delete-orphan")
+
+
+class StepRow(Base):
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("session_id", "index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    raw: Mapped[str] = mapped_column(Text, default="")
+    thought: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[Any] = mapped_column(JSON, nullable=True)  # {"name", "arguments"}; null: no action
+    parse_error_code: Mapped[str | None] = mapped_column(String(16))
+    parse_error: Mapped[str | None] = mapped_column(Text)
+    observation: Mapped[str | None] = mapped_column(Text)  # the exact turn fed back to the model
+    output: Mapped[Any] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    image_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    overlays: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    generation_s: Mapped[float | None] = mapped_column(Float)
+    tool_s: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+
+    session: Mapped[SessionRow] = relationship(back_populates="steps")
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("session_id", "image_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    ordinal: Mapped[int] = mapped_column(Integer)  # k of image-k
+    image_id: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(Text)  # relative to TACO_HOME/images
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # input | tool
+    step: Mapped[int | None] = mapped_column(Integer)
+    parent: Mapped[str | None] = mapped_column(String(32))
+    bbox: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
+
+    session: Mapped[SessionRow] = relationship(back_populates="images")
+
+
+class FeedbackRow(Base):
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int | None] = mapped_column(Integer)  # null: about the whole session
+    rating: Mapped[str | None] = mapped_column(String(8))  # up | down
+    corrected_answer: Mapped[str | None] = mapped_column(Text)
+    corrected_step: Mapped[Any] = mapped_column(JSON, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
