@@ -19,10 +19,33 @@ REFERENCE = Path(os.environ.get("TACO_REFERENCE", ROOT.parent / "shared" / "taco
 
 @pytest.fixture(autouse=True)
 def taco_home(tmp_path, monkeypatch) -> Path:
+    """A private TACO_HOME; the database is SQLite in it, or TACO_TEST_DB_URL emptied for this test."""
     home = tmp_path / "taco-home"
     monkeypatch.setenv("TACO_HOME", str(home))
-    monkeypatch.delenv("TACO_DB_URL", raising=False)
+    test_db = os.environ.get("TACO_TEST_DB_URL")
+    if test_db:
+        monkeypatch.setenv("TACO_DB_URL", test_db)
+        _empty_database(test_db)
+    else:
+        monkeypatch.delenv("TACO_DB_URL", raising=False)
     return home
+
+
+def _empty_database(url: str) -> None:
+    from sqlalchemy import create_engine
+
+    from taco_app.store.schema import Base
+
+    engine = create_engine(url)
+    try:
+        Base.metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+def sqlite_only(store) -> None:
+    if not store.url.startswith("sqlite"):
+        pytest.skip("an SQLite-specific check")
 
 
 @pytest.fixture(autouse=True)

@@ -63,6 +63,9 @@ class Store:
         self.migrate()
         self.recover()
 
+    def close(self) -> None:
+        self.engine.dispose()
+
     @classmethod
     def open(cls) -> "Store":
         from taco_app.config import Settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import uuid
 from pathlib import Path
 
 from PIL import Image
@@ -25,7 +26,7 @@ class ImageFiles:
         path = self.root / digest[:2] / f"{digest}.{ext}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")  # unique: threads may store the same image at once
             tmp.write_bytes(data)
             os.replace(tmp, path)  # atomic: a crash never leaves half a file under the final name
         return digest, path
