@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="TACO Studio: run, watch, judge and improve TACO models.")
     parser.add_argument("--version", action="version", version=f"TACO Studio {__version__}")
     parser.add_argument("--home", help="data folder (default: $TACO_HOME or ~/.taco)")
+    parser.add_argument("--db", help="database URL (default: $TACO_DB_URL or SQLite in the data folder)")
     sub = parser.add_subparsers(dest="command")
 
     ui = sub.add_parser("ui", help="start the web app (the default)")
@@ -48,16 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--only", action="append", choices=["detection", "depth", "clip"], help="just these tool models")
     export = sub.add_parser("export", help="export sessions as CoTA training data")
     export.add_argument("--format", choices=["cota-mantis", "cota-llava"], required=True)
-    export.add_argument("--out", required=True)
+    export.add_argument("--out", required=True, metavar="DIR", help="an empty folder (or pass --force)")
+    export.add_argument("--rating", choices=["up"], help="only sessions rated thumbs-up")
+    export.add_argument("--corrected-only", action="store_true", help="only sessions with a correction")
+    export.add_argument("--since", metavar="YYYY-MM-DD", help="only sessions created on or after this date (UTC)")
+    export.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    import_ = sub.add_parser("import", help="import reference traces (JSON files, folders) or a cota-mantis .jsonl export")
+    import_.add_argument("paths", nargs="+", metavar="PATH")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.home:
-        import os
+    import os
 
+    if args.home:
         os.environ["TACO_HOME"] = args.home
+    if args.db:
+        os.environ["TACO_DB_URL"] = args.db
     command = args.command or "ui"
     try:
         return COMMANDS[command](args)
@@ -201,6 +210,33 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from taco_app.store.db import Store
+    from taco_app.store.export import export
+
+    try:
+        result = export(Store.open(), args.out, args.format, rating=args.rating,
+                        corrected_only=args.corrected_only, since=args.since, force=args.force)
+    except ValueError as err:  # a non-empty folder, a bad date, a refused image path
+        raise UsageError(str(err)) from None
+    print(f"exported {result.count} session(s) as {args.format}")
+    for path in result.files:
+        print(f"  {path}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from taco_app.store.db import Store
+    from taco_app.store.importer import import_paths
+
+    try:
+        count = import_paths(Store.open(), args.paths)
+    except (ValueError, OSError) as err:  # TraceFormatError is a ValueError
+        raise UsageError(str(err)) from None
+    print(f"imported {count} session(s)")
+    return 0
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     print(f"`{args.command}` is not part of this build yet.", file=sys.stderr)
     return 2
@@ -212,5 +248,6 @@ COMMANDS = {
     "prompt": cmd_prompt,
     "doctor": cmd_doctor,
     "download": cmd_download,
-    "export": cmd_not_yet,
+    "export": cmd_export,
+    "import": cmd_import,
 }
