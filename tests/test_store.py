@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -54,6 +55,37 @@ def test_a_session_and_all_its_steps_are_stored(store):
     assert [(i.image_id, i.role, i.parent) for i in row.images] == [("image-0", "input", None), ("image-1", "tool", "image-0")]
     assert all(store.image_path(i).is_file() for i in row.images)
     assert row.steps[0].image_ids == ["image-1"]
+
+
+def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
+    """A database as version 1 made it (no steps.action_name): opening it migrates and keeps all."""
+    from sqlalchemy import create_engine, inspect
+
+    from taco_app.config import Settings
+    from taco_app.store.schema import Base
+
+    url = Settings.load().db_url
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    Base.metadata.create_all(engine)
+    with engine.begin() as connection:  # back to the first schema
+        connection.execute(text("DROP INDEX ix_steps_action_name_session"))
+        connection.execute(text("ALTER TABLE steps DROP COLUMN action_name"))
+        connection.execute(text("INSERT INTO schema_info (id, version) VALUES (1, 1)"))
+        connection.execute(text(
+            "INSERT INTO sessions (id, created_at, question, backend, family, tool_versions, status) "
+            "VALUES ('old', 1.0, 'an old question', 'replay', 'mantis', '{}', 'finished')"))
+        connection.execute(text(
+            "INSERT INTO steps (session_id, \"index\", raw, action, image_ids, overlays) VALUES "
+            "('old', 1, 'raw', '{\"name\": \"OCR\", \"arguments\": {}}', '[]', '{}')"))
+    engine.dispose()
+    store = Store.open()
+    assert store.version() == SCHEMA_VERSION == 2
+    row = store.get_session("old")
+    assert row.question == "an old question" and row.steps[0].action_name == "OCR"
+    assert "ix_steps_action_name_session" in {i["name"] for i in inspect(store.engine).get_indexes("steps")}
+    store.close()
 
 
 def test_schema_version_recorded(store):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from taco_app.cota import events as ev
@@ -22,12 +22,31 @@ from taco_app.store.schema import SCHEMA_VERSION, Base, ImageRow, SchemaInfo, Se
 HOST = socket.gethostname()
 
 
-def _create_v1(engine: Engine) -> None:
+def _m001_create(engine: Engine) -> None:
+    # A new database gets today's tables at once; the later migrations then find nothing to do.
     Base.metadata.create_all(engine)
 
 
+def _m002_action_name(engine: Engine) -> None:
+    """steps.action_name (+ index), filled from the action JSON of the steps already stored."""
+    from sqlalchemy import inspect
+
+    columns = {c["name"] for c in inspect(engine).get_columns("steps")}
+    with engine.begin() as connection:
+        if "action_name" not in columns:
+            connection.execute(text("ALTER TABLE steps ADD COLUMN action_name VARCHAR(64)"))
+        rows = connection.execute(select(StepRow.id, StepRow.action).where(StepRow.action.is_not(None),
+                                                                          StepRow.action_name.is_(None))).all()
+        for step_id, action in rows:
+            name = action.get("name") if isinstance(action, dict) else None
+            connection.execute(update(StepRow).where(StepRow.id == step_id).values(action_name=name))
+        indexes = {i["name"] for i in inspect(connection).get_indexes("steps")}
+        if "ix_steps_action_name_session" not in indexes:
+            connection.execute(text("CREATE INDEX ix_steps_action_name_session ON steps (action_name, session_id)"))
+
+
 # Migration k upgrades a database from version k to k+1 (simonw/llm style: numbered, append-only).
-MIGRATIONS: list[Callable[[Engine], None]] = [_create_v1]
+MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -174,7 +193,8 @@ class _Recorder:
         elif isinstance(item, ev.ThoughtDelta):
             return
         elif isinstance(item, ev.ActionParsed):
-            self._begin_step(item.step).update(raw=item.raw, thought=item.thought, action=item.action, generation_s=item.generation_s)
+            self._begin_step(item.step).update(raw=item.raw, thought=item.thought, action=item.action, generation_s=item.generation_s,
+                                               action_name=item.action["name"] if item.action else None)
         elif isinstance(item, ev.ParseError):
             self._begin_step(item.step).update(raw=item.raw, parse_error_code=item.code, parse_error=item.message,
                                                observation=item.observation, generation_s=item.generation_s)

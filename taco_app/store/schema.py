@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast
 STATUSES = ("running", "finished", "failed", "cancelled", "interrupted", "max_steps")
 
 
@@ -51,13 +51,14 @@ class SessionRow(Base):
 
 class StepRow(Base):
     __tablename__ = "steps"
-    __table_args__ = (UniqueConstraint("session_id", "index"),)
+    __table_args__ = (UniqueConstraint("session_id", "index"), Index("ix_steps_action_name_session", "action_name", "session_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     index: Mapped[int] = mapped_column(Integer)
     raw: Mapped[str] = mapped_column(Text, default="")
     thought: Mapped[str | None] = mapped_column(Text)
     action: Mapped[Any] = mapped_column(JSON, nullable=True)  # {"name", "arguments"}; null: no action
+    action_name: Mapped[str | None] = mapped_column(String(64))  # action["name"], for indexed filtering
     parse_error_code: Mapped[str | None] = mapped_column(String(16))
     parse_error: Mapped[str | None] = mapped_column(Text)
     observation: Mapped[str | None] = mapped_column(Text)  # the exact turn fed back to the model
