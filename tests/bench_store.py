@@ -57,7 +57,8 @@ def bulk_fill(store: Any, count: int, rng: random.Random) -> None:
             for step in range(1, STEPS + 1):
                 name = "Terminate" if step == STEPS else rng.choice(TOOLS)
                 steps.append(dict(session_id=sid, index=step, raw="{}", thought="t",
-                                  action={"name": name, "arguments": {"x": step}}, image_ids=[], overlays={}))
+                                  action={"name": name, "arguments": {"x": step}}, action_name=name,
+                                  image_ids=[], overlays={}))
             if n % 7 == 0:
                 feedback.append(dict(session_id=sid, rating=rng.choice(["up", "down"]), created_at=now))
         with store._sessions.begin() as db:
