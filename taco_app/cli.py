@@ -1,4 +1,4 @@
-"""The command line: ``python app.py [ui|run|prompt|doctor|download|export] …``.
+"""The command line: ``python app.py [ui|run|prompt|doctor|download|export|import] …``.
 
 The command names and flags are a contract (scripts and checks rely on them); see DESIGN.md.
 """
@@ -222,6 +222,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {result.count} session(s) as {args.format}")
     for path in result.files:
         print(f"  {path}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} session(s):", *result.skipped, sep="\n  ", file=sys.stderr)
     return 0
 
 

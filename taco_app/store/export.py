@@ -1,0 +1,248 @@
+"""Export stored sessions as CoTA training data (the rows of Salesforce/cota-mantis or cota-llava).
+
+Each finished session is rebuilt in TACO's turn format from its rows (people's corrections
+applied), its images are copied by content into ``DIR/images/<sha256>.<ext>``, and the rows go to
+``DIR/data.jsonl`` with a short dataset card in ``DIR/README.md``. The output carries no timestamps
+and sessions are ordered by (created_at, id), so the same database always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from taco_app.cota.parser import ParsedStep, parse
+from taco_app.cota.prompt import IMAGE_TOKEN, assistant_turn, user_request
+from taco_app.store.schema import FeedbackRow, ImageRow, SessionRow
+
+FORMATS = ("cota-mantis", "cota-llava")
+RATINGS = ("up", "down")
+DATASET = "taco-studio"
+LICENCE = (
+    "TACO's prompt format and checkpoints: CC-BY-NC-4.0 (SalesforceAIResearch/TACO); "
+    "images: as provided by the people who uploaded them"
+)
+_TOOL_IMAGE = re.compile(r"(image-\d+): " + re.escape(IMAGE_TOKEN))
+_EXT = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    count: int
+    files: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "session id: why", for sessions that could not be exported
+
+
+def compact(obj: Any) -> str:
+    """TACO's checkpoints emit compact JSON; corrections are written the same way."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_since(since: str | None) -> float | None:
+    """``YYYY-MM-DD`` → UTC epoch seconds of that midnight (created_at is UTC epoch seconds)."""
+    if since is None:
+        return None
+    try:
+        day = datetime.strptime(since, "%Y-%m-%d")
+    except ValueError:
+        raise ValueError(f"--since must be a date YYYY-MM-DD, not {since!r}") from None
+    return day.replace(tzinfo=timezone.utc).timestamp()
+
+
+def export(store: Any, out_dir: str | Path, fmt: str, *, rating: str | None = None,
+           corrected_only: bool = False, since: str | None = None, force: bool = False) -> ExportResult:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if rating is not None and rating not in RATINGS:
+        raise ValueError(f"rating must be one of {', '.join(RATINGS)}, not {rating!r}")
+    since_ts = parse_since(since)
+    root = Path(out_dir).resolve()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()) and not force:
+        raise ValueError(f"{root} is not empty; choose an empty folder or pass --force to overwrite")
+
+    sessions, feedback = _load(store, since_ts)
+    # Plan everything before writing anything: a refused image path leaves DIR untouched.
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    copies: dict[str, Path] = {}  # relative target → source file
+    for session in sessions:
+        notes = feedback.get(session.id, [])
+        if corrected_only and not any(_is_correction(f) for f in notes):
+            continue
+        if rating is not None and _session_rating(notes) != rating:
+            continue
+        built = _conversation(session, notes)
+        if built is None:
+            skipped.append(f"{session.id}: its conversation could not be rebuilt (no Terminate answer or step text)")
+            continue
+        turns, image_ids = built
+        by_id = {row.image_id: row for row in session.images}
+        paths = []
+        for image_id in image_ids:
+            if image_id not in by_id:
+                break
+            rel, source = _image_target(store, root, by_id[image_id])
+            copies[rel] = source
+            paths.append(rel)
+        if len(paths) != len(image_ids):  # an image the text refers to is missing: not trainable
+            skipped.append(f"{session.id}: an image its text refers to is not in the store")
+            continue
+        rows.append(_row(fmt, session, turns, paths, notes))
+
+    root.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    for rel, source in sorted(copies.items()):
+        target = _inside(root, rel)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+            tmp.write_bytes(source.read_bytes())
+            os.replace(tmp, target)
+    data = _inside(root, "data.jsonl")
+    data.write_bytes("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8"))
+    card = _inside(root, "README.md")
+    card.write_text(_card(fmt, len(rows), len(copies), rating, corrected_only, since), encoding="utf-8", newline="\n")
+    files += [data, card]
+    return ExportResult(count=len(rows), files=files, skipped=skipped)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _load(store: Any, since_ts: float | None) -> tuple[list[SessionRow], dict[str, list[FeedbackRow]]]:
+    query = (select(SessionRow).where(SessionRow.status == "finished")
+             .options(selectinload(SessionRow.steps), selectinload(SessionRow.images))
+             .order_by(SessionRow.created_at, SessionRow.id))
+    if since_ts is not None:
+        query = query.where(SessionRow.created_at >= since_ts)
+    with store._sessions() as db:
+        sessions = list(db.scalars(query).all())
+        notes = db.scalars(select(FeedbackRow).order_by(FeedbackRow.created_at, FeedbackRow.id)).all()
+    feedback: dict[str, list[FeedbackRow]] = {}
+    for note in notes:
+        feedback.setdefault(note.session_id, []).append(note)
+    return sessions, feedback
+
+
+def _is_correction(note: FeedbackRow) -> bool:
+    return note.corrected_answer is not None or note.corrected_step is not None
+
+
+def _session_rating(notes: list[FeedbackRow]) -> str | None:
+    """The latest session-level rating: people change their minds, the last word counts."""
+    ratings = [n.rating for n in notes if n.step is None and n.rating]
+    return ratings[-1] if ratings else None
+
+
+def _conversation(session: SessionRow, notes: list[FeedbackRow]) -> tuple[list[Any], list[str]] | None:
+    """The session's turns (corrections applied) and the image ids in placeholder order, or None."""
+    step_fix = {n.step: n.corrected_step for n in notes if n.step is not None and n.corrected_step is not None}
+    answers = [n.corrected_answer for n in notes if n.corrected_answer is not None]
+    inputs = [row.image_id for row in session.images if row.role == "input"]
+    turns = [user_request(session.question, inputs)]
+    image_ids = list(inputs)
+    steps = list(session.steps)
+    if not steps:
+        return None
+    for position, step in enumerate(steps):
+        fix = step_fix.get(step.index)
+        raw = step.raw if fix is None else (fix if isinstance(fix, str) else compact(fix))
+        last = position == len(steps) - 1
+        if last:
+            parsed = parse(raw)
+            if not (isinstance(parsed, ParsedStep) and parsed.action and parsed.action["name"] == "Terminate"
+                    and "answer" in parsed.action["arguments"]):
+                return None  # not an answered session: nothing to learn an ending from
+            if answers:
+                action = {"name": "Terminate", "arguments": {**parsed.action["arguments"], "answer": answers[-1]}}
+                raw = compact({"thought": parsed.thought, "actions": [action]})
+        turns.append(assistant_turn(raw))
+        if last or step.observation is None:
+            continue
+        turns.append(_Text("user", step.observation))
+        image_ids += _observation_images(step.observation, step.image_ids or [])
+    return turns, image_ids
+
+
+@dataclass
+class _Text:
+    """A turn already in text form (observations are stored with their ``<image>`` placeholders)."""
+
+    role: str
+    text: str
+
+
+def _observation_images(text: str, produced: list[str]) -> list[str]:
+    count = text.count(IMAGE_TOKEN)
+    if len(produced) == count:
+        return list(produced)
+    named = _TOOL_IMAGE.findall(text)
+    return named if len(named) == count else named + ["?"] * (count - len(named))
+
+
+def _image_target(store: Any, root: Path, row: ImageRow) -> tuple[str, Path]:
+    """``images/<sha256>.<ext>`` of the row's file content; refuses paths outside either folder."""
+    source = store.image_path(row)  # raises ValueError for a path that leaves the images folder
+    ext = source.suffix.lstrip(".").lower()
+    ext = ext if _EXT.match(ext) else "bin"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    rel = f"images/{digest}.{ext}"
+    _inside(root, rel)
+    return rel, source
+
+
+def _inside(root: Path, rel: str) -> Path:
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        raise ValueError(f"refusing to write outside {root}: {rel!r}")
+    return target
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _row(fmt: str, session: SessionRow, turns: list[Any], paths: list[str], notes: list[FeedbackRow]) -> dict[str, Any]:
+    if fmt == "cota-llava":
+        return {
+            "sample_id": session.id,
+            "image": paths,
+            "conversations": [{"from": "human" if t.role == "user" else "gpt", "value": t.text} for t in turns],
+            "choice_list": None,
+            "metadata": {"dataset": DATASET, "task_instruction": session.question},
+        }
+    return {
+        "id": session.id,
+        "images": paths,
+        "conversation": [{"role": t.role, "content": t.text} for t in turns],
+        "metadata": {
+            "dataset": DATASET, "task_instruction": session.question, "model": session.model,
+            "backend": session.backend, "family": session.family,
+            "corrected": any(_is_correction(n) for n in notes), "rating": _session_rating(notes),
+        },
+    }
+
+
+def _card(fmt: str, count: int, images: int, rating: str | None, corrected_only: bool, since: str | None) -> str:
+    filters = [f"rating = {rating}"] if rating else []
+    filters += ["corrected sessions only"] if corrected_only else []
+    filters += [f"created on or after {since}"] if since else []
+    return (
+        "# TACO Studio export\n\n"
+        f"- Format: `{fmt}` (rows like `Salesforce/{fmt}`), one row per line in `data.jsonl`\n"
+        f"- Rows: {count} finished sessions with a Terminate answer; {images} distinct images in `images/`\n"
+        f"- Filters: {', '.join(filters) if filters else 'none'}\n"
+        "- Corrections from feedback are applied (corrected steps and final answers)\n\n"
+        "## Licences\n\n"
+        f"{LICENCE}.\n"
+    )

@@ -1,0 +1,194 @@
+"""Export to CoTA training rows and import back: round trip, determinism, corrections, safety, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from taco_app.cota.parser import ParsedStep, parse
+from taco_app.cota.traces import load_trace
+from taco_app.store.db import Store
+from taco_app.store.export import export
+from taco_app.store.importer import import_jsonl, import_trace
+from taco_app.store.schema import FeedbackRow, ImageRow
+
+pytestmark = pytest.mark.store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(taco_home) -> Store:
+    return Store(f"sqlite:///{taco_home / 'taco.db'}", taco_home / "images")
+
+
+def _traces(reference: Path) -> list[Path]:
+    return sorted((reference / "traces").glob("*.json"))
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "data.jsonl").read_text("utf-8").splitlines()]
+
+
+def _texts(row: dict) -> list[tuple[str, str]]:
+    if "conversation" in row:
+        return [(m["role"], m["content"]) for m in row["conversation"]]
+    return [({"human": "user", "gpt": "assistant"}[m["from"]], m["value"]) for m in row["conversations"]]
+
+
+def _add_feedback(store: Store, session_id: str, **fields) -> None:
+    with store._sessions.begin() as db:
+        db.add(FeedbackRow(session_id=session_id, created_at=time.time(), **fields))
+
+
+def _import_some(store: Store, reference: Path, n: int) -> list[str]:
+    return [import_trace(store, path) for path in _traces(reference)[:n]]
+
+
+def test_round_trip_of_the_reference_traces(store, reference, tmp_path):
+    traces = _traces(reference)
+    ids = [import_trace(store, path) for path in traces]
+    assert len(ids) == 132
+    for fmt in ("cota-mantis", "cota-llava"):
+        out = tmp_path / fmt
+        started = time.perf_counter()
+        result = export(store, out, fmt)
+        print(f"{fmt}: {result.count} rows in {time.perf_counter() - started:.2f}s")
+        assert result.count == 132
+        rows = _rows(out)
+        assert len(rows) == 132
+        for row in rows:
+            images = row["images"] if fmt == "cota-mantis" else row["image"]
+            texts = _texts(row)
+            assert all(isinstance(parse(text), ParsedStep) for role, text in texts if role == "assistant")
+            assert sum(text.count("<image>") for _, text in texts) == len(images)
+            for rel in images:
+                path = (out / rel).resolve()
+                assert path.is_file() and path.is_relative_to(out.resolve())
+        if fmt == "cota-llava":
+            assert all(r["choice_list"] is None and r["metadata"]["dataset"] == "taco-studio" for r in rows)
+    # The rebuilt conversations are the traces, turn for turn.
+    by_id = {row["id"]: row for row in _rows(tmp_path / "cota-mantis")}
+    for session_id, path in zip(ids, traces):
+        expected = [(t.role, t.text) for t in load_trace(path).turns]
+        assert _texts(by_id[session_id]) == expected, path.name
+
+    datasets = pytest.importorskip("datasets", reason="`datasets` is not installed: the Hugging Face load check is skipped")
+    loaded = datasets.load_dataset("json", data_files=str(tmp_path / "cota-mantis" / "data.jsonl"), split="train",
+                                   cache_dir=str(tmp_path / "hf-cache"))
+    assert loaded.num_rows == 132
+
+
+def test_our_export_imports_back(store, reference, tmp_path):
+    _import_some(store, reference, 5)
+    export(store, tmp_path / "a", "cota-mantis")
+    other = Store(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other-images")
+    assert len(import_jsonl(other, tmp_path / "a" / "data.jsonl")) == 5
+    export(other, tmp_path / "b", "cota-mantis")
+    strip = lambda rows: sorted(json.dumps([r["conversation"], r["images"], r["metadata"]["model"]]) for r in rows)  # ids are new
+    assert strip(_rows(tmp_path / "a")) == strip(_rows(tmp_path / "b"))
+
+
+def test_the_same_database_gives_the_same_bytes(store, reference, tmp_path):
+    _import_some(store, reference, 10)
+    for fmt in ("cota-mantis", "cota-llava"):
+        export(store, tmp_path / f"{fmt}-1", fmt)
+        export(store, tmp_path / f"{fmt}-2", fmt)
+        for name in ("data.jsonl", "README.md"):
+            assert (tmp_path / f"{fmt}-1" / name).read_bytes() == (tmp_path / f"{fmt}-2" / name).read_bytes()
+
+
+def test_corrections_and_filters(store, reference, tmp_path):
+    ids = _import_some(store, reference, 4)
+    _add_feedback(store, ids[0], corrected_answer="forty-two")
+    _add_feedback(store, ids[1], rating="up")
+    _add_feedback(store, ids[2], rating="up")
+    _add_feedback(store, ids[2], rating="down")  # the latest rating counts
+
+    export(store, tmp_path / "all", "cota-mantis")
+    rows = {r["id"]: r for r in _rows(tmp_path / "all")}
+    last = parse(rows[ids[0]]["conversation"][-1]["content"])
+    assert last.action == {"name": "Terminate", "arguments": {"answer": "forty-two"}}
+    assert '"answer":"forty-two"' in rows[ids[0]]["conversation"][-1]["content"]  # compact, as TACO writes
+    assert rows[ids[0]]["metadata"]["corrected"] is True
+
+    assert [r["id"] for r in _rows(tmp_path / "all")] == ids  # (created_at, id) order: import order
+    assert export(store, tmp_path / "corrected", "cota-mantis", corrected_only=True).count == 1
+    assert [r["id"] for r in _rows(tmp_path / "corrected")] == [ids[0]]
+    assert export(store, tmp_path / "up", "cota-llava", rating="up").count == 1
+    assert [r["sample_id"] for r in _rows(tmp_path / "up")] == [ids[1]]
+    assert export(store, tmp_path / "future", "cota-mantis", since="2999-01-01").count == 0
+    assert export(store, tmp_path / "past", "cota-mantis", since="2000-01-01").count == 4
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        export(store, tmp_path / "bad", "cota-mantis", since="01/02/2024")
+
+
+def test_a_corrected_step_replaces_the_assistant_turn(store, reference, tmp_path):
+    (session_id,) = _import_some(store, reference, 1)
+    fixed = {"thought": "Look closer.", "actions": [{"name": "OCR", "arguments": {"image": "image-0"}}]}
+    _add_feedback(store, session_id, step=1, corrected_step=fixed)
+    export(store, tmp_path / "out", "cota-mantis")
+    (row,) = _rows(tmp_path / "out")
+    assert row["conversation"][1]["content"] == json.dumps(fixed, separators=(",", ":"))
+
+
+def test_a_non_empty_folder_is_refused_unless_forced(store, reference, tmp_path):
+    _import_some(store, reference, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        export(store, out, "cota-mantis")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert export(store, out, "cota-mantis", force=True).count == 2
+
+
+def test_an_image_path_outside_the_images_folder_is_refused(store, reference, tmp_path):
+    (session_id,) = _import_some(store, reference, 1)
+    with store._sessions.begin() as db:
+        db.query(ImageRow).filter_by(session_id=session_id).update({"path": "../../x"})
+    outside = tmp_path / "x"
+    outside.write_bytes(b"secret")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="outside"):
+        export(store, out, "cota-mantis")
+    assert not out.exists()  # nothing was written, inside DIR or out of it
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_jsonl_row_cannot_pull_files_from_outside_its_folder(store, tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    row = {"id": "x", "images": ["../secret.png"], "metadata": {},
+           "conversation": [{"role": "user", "content": "image-0: <image>\nq"}, {"role": "assistant", "content": "{}"}]}
+    (folder / "data.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match="leaves"):
+        import_jsonl(store, folder / "data.jsonl")
+
+
+def test_the_command_line(reference, tmp_path):
+    env = {**os.environ, "TACO_HOME": str(tmp_path / "home")}
+    app = [sys.executable, str(ROOT / "app.py")]
+    traces = _traces(reference)
+    done = subprocess.run([*app, "import", str(traces[0]), str(traces[1])], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "imported 2 session(s)" in done.stdout
+    out = tmp_path / "out"
+    done = subprocess.run([*app, "export", "--format", "cota-llava", "--out", str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "exported 2 session(s)" in done.stdout and str(out / "data.jsonl") in done.stdout
+    assert len(_rows(out)) == 2
+    done = subprocess.run([*app, "export", "--format", "cota-llava", "--out", str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error:") and len(done.stderr.strip().splitlines()) == 1
+    done = subprocess.run([*app, "export", "--format", "cota-mantis", "--out", str(tmp_path / "o2"), "--since", "yesterday"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "YYYY-MM-DD" in done.stderr
+    done = subprocess.run([*app, "import", str(out / "data.jsonl")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "imported 2 session(s)" in done.stdout, done.stderr
