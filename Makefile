@@ -30,6 +30,7 @@ test-fast: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(PY) -m tests.bench_engine
 	$(PY) -m tests.bench_tools
+	$(PY) -m tests.bench_store
 
 examples: $(VENV)/.installed
 	$(PY) -m taco_app.examples

@@ -8,20 +8,32 @@ no image files — so the figure is the store's own cost (one transaction per st
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 import uuid
 from typing import Any, Callable, Iterator
 
 from taco_app.cota import events as ev
+from taco_app.cota.prompt import OBSERVATION_SUFFIX
 
 SESSIONS, STEPS, TOTAL = 1_000, 10, 10_000
 TOOLS = ["Calculate", "Crop", "OCR", "ZoomIn", "GetObjects"]
 STATUSES = ["finished"] * 8 + ["failed", "max_steps"]
+
+
+def raw_step(thought: str, action: dict[str, Any]) -> str:
+    """What a TACO checkpoint emits for one step (compact JSON)."""
+    return json.dumps({"thought": thought, "actions": [action]}, separators=(",", ":"))
+
+
+def observation(result: Any) -> str:
+    return f"OBSERVATION:\n{{'result': {result!r}}}" + OBSERVATION_SUFFIX
 
 
 def session_events(n: int) -> Iterator[ev.Event]:
@@ -31,11 +43,11 @@ def session_events(n: int) -> Iterator[ev.Event]:
                             backend="replay", model="bench", family="mantis", started_at=time.time())
     for step in range(1, STEPS):
         action = {"name": "Calculate", "arguments": {"expression": f"{n}+{step}"}}
-        yield ev.ActionParsed(step=step, raw="{}", thought="add", action=action, generation_s=0.01)
-        yield ev.Observation(step=step, action=action, observation=f"OBSERVATION: {n + step}",
+        yield ev.ActionParsed(step=step, raw=raw_step("add", action), thought="add", action=action, generation_s=0.01)
+        yield ev.Observation(step=step, action=action, observation=observation(n + step),
                              output={"result": n + step}, tool_s=0.001)
     done = {"name": "Terminate", "arguments": {"answer": str(2 * n)}}
-    yield ev.ActionParsed(step=STEPS, raw="{}", thought="done", action=done, generation_s=0.01)
+    yield ev.ActionParsed(step=STEPS, raw=raw_step("done", done), thought="done", action=done, generation_s=0.01)
     yield ev.Finished(step=STEPS, session_id=sid, status="finished", answer=str(2 * n), steps=STEPS, total_s=0.1)
 
 
@@ -56,8 +68,9 @@ def bulk_fill(store: Any, count: int, rng: random.Random) -> None:
                                  tool_versions={}, status=status, answer=str(n) if status == "finished" else None))
             for step in range(1, STEPS + 1):
                 name = "Terminate" if step == STEPS else rng.choice(TOOLS)
-                steps.append(dict(session_id=sid, index=step, raw="{}", thought="t",
-                                  action={"name": name, "arguments": {"x": step}}, action_name=name,
+                action = {"name": name, "arguments": {"answer": str(n)} if name == "Terminate" else {"x": step}}
+                steps.append(dict(session_id=sid, index=step, raw=raw_step("t", action), thought="t", action=action,
+                                  action_name=name, observation=None if name == "Terminate" else observation(step),
                                   image_ids=[], overlays={}))
             if n % 7 == 0:
                 feedback.append(dict(session_id=sid, rating=rng.choice(["up", "down"]), created_at=now))
@@ -115,6 +128,15 @@ def main() -> None:
     print(f"dashboard: {median_ms(lambda: q.dashboard(store)):.1f} ms (median of 5)")
     trace_id = q.list_sessions(store).items[0].id
     print(f"get_trace: {median_ms(lambda: q.get_trace(store, trace_id)):.1f} ms (median of 5)")
+
+    from taco_app.store.export import export
+
+    for fmt in ("cota-mantis", "cota-llava"):
+        out = Path(tempfile.mkdtemp()) / fmt
+        t0 = time.perf_counter()
+        result = export(store, out, fmt)
+        print(f"export {fmt}: {result.count} sessions in {time.perf_counter() - t0:.2f} s "
+              f"({len(result.skipped)} skipped), {(out / 'data.jsonl').stat().st_size / 1e6:.1f} MB")
     sys.stdout.flush()
 
 
