@@ -46,6 +46,7 @@ def test_a_session_and_all_its_steps_are_stored(store):
     events = session(store, [CROP, "not json", '{"thought":"","actions":[]}', CALC, DONE], question="What is 2+2?")
     row = store.get_session(events[-1].session_id)
     assert row.status == "finished" and row.answer == "4" and row.question == "What is 2+2?"
+    assert row.tool_versions["depth"] == "depth-anything/Depth-Anything-V2-Small-hf" and "easyocr" in row.tool_versions["ocr"]
     assert [s.index for s in row.steps] == [1, 2, 3, 4, 5]
     observations = {e.step: e.observation for e in events if isinstance(e, (ev.Observation, ev.ParseError))}
     for step in row.steps[:4]:

@@ -165,6 +165,16 @@ class Store:
         return path
 
 
+def tool_versions() -> dict[str, str]:
+    """The models the tools would use in this session (ids or local folders), for later review."""
+    from taco_app.tools.models import SLOTS
+    from taco_app.tools.ocr import OCR
+
+    versions = {slot.key: slot.model_id for slot in SLOTS}
+    versions["ocr"] = OCR.model_id
+    return versions
+
+
 class _Recorder:
     """Turns a session's events into rows: one transaction per finished step."""
 
@@ -187,7 +197,7 @@ class _Recorder:
                 db.add(SessionRow(
                     id=item.session_id, created_at=item.started_at or time.time(), question=item.question,
                     backend=item.backend, model=item.model, family=item.family, status="running",
-                    tool_versions={}, owner_host=HOST, owner_pid=os.getpid(),
+                    tool_versions=tool_versions(), owner_host=HOST, owner_pid=os.getpid(),
                 ))
                 db.add_all(self._image_row(info) for info in item.images)
         elif isinstance(item, ev.ThoughtDelta):
