@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +21,8 @@ from sqlalchemy.orm import selectinload
 
 from taco_app.cota.parser import ParsedStep, parse
 from taco_app.cota.prompt import IMAGE_TOKEN, assistant_turn, user_request
+from taco_app.store.files import write_atomic
+from taco_app.store.queries import LatestFeedback
 from taco_app.store.schema import FeedbackRow, ImageRow, SessionRow
 
 FORMATS = ("cota-mantis", "cota-llava")
@@ -77,10 +78,10 @@ def export(store: Any, out_dir: str | Path, fmt: str, *, rating: str | None = No
     skipped: list[str] = []
     copies: dict[str, Path] = {}  # relative target → source file
     for session in sessions:
-        notes = feedback.get(session.id, [])
-        if corrected_only and not any(_is_correction(f) for f in notes):
+        notes = LatestFeedback.fold(feedback.get(session.id, []))
+        if corrected_only and not notes.corrected:
             continue
-        if rating is not None and _session_rating(notes) != rating:
+        if rating is not None and notes.rating != rating:
             continue
         built = _conversation(session, notes)
         if built is None:
@@ -105,10 +106,7 @@ def export(store: Any, out_dir: str | Path, fmt: str, *, rating: str | None = No
     for rel, source in sorted(copies.items()):
         target = _inside(root, rel)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
-            tmp.write_bytes(source.read_bytes())
-            os.replace(tmp, target)
+            write_atomic(target, source.read_bytes())
     data = _inside(root, "data.jsonl")
     data.write_bytes("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8"))
     card = _inside(root, "README.md")
@@ -135,20 +133,8 @@ def _load(store: Any, since_ts: float | None) -> tuple[list[SessionRow], dict[st
     return sessions, feedback
 
 
-def _is_correction(note: FeedbackRow) -> bool:
-    return note.corrected_answer is not None or note.corrected_step is not None
-
-
-def _session_rating(notes: list[FeedbackRow]) -> str | None:
-    """The latest session-level rating: people change their minds, the last word counts."""
-    ratings = [n.rating for n in notes if n.step is None and n.rating]
-    return ratings[-1] if ratings else None
-
-
-def _conversation(session: SessionRow, notes: list[FeedbackRow]) -> tuple[list[Any], list[str]] | None:
+def _conversation(session: SessionRow, notes: LatestFeedback) -> tuple[list[Any], list[str]] | None:
     """The session's turns (corrections applied) and the image ids in placeholder order, or None."""
-    step_fix = {n.step: n.corrected_step for n in notes if n.step is not None and n.corrected_step is not None}
-    answers = [n.corrected_answer for n in notes if n.corrected_answer is not None]
     inputs = [row.image_id for row in session.images if row.role == "input"]
     turns = [user_request(session.question, inputs)]
     image_ids = list(inputs)
@@ -156,7 +142,7 @@ def _conversation(session: SessionRow, notes: list[FeedbackRow]) -> tuple[list[A
     if not steps:
         return None
     for position, step in enumerate(steps):
-        fix = step_fix.get(step.index)
+        fix = notes.corrected_steps.get(step.index)
         raw = step.raw if fix is None else (fix if isinstance(fix, str) else compact(fix))
         last = position == len(steps) - 1
         if last:
@@ -164,8 +150,8 @@ def _conversation(session: SessionRow, notes: list[FeedbackRow]) -> tuple[list[A
             if not (isinstance(parsed, ParsedStep) and parsed.action and parsed.action["name"] == "Terminate"
                     and "answer" in parsed.action["arguments"]):
                 return None  # not an answered session: nothing to learn an ending from
-            if answers:
-                action = {"name": "Terminate", "arguments": {**parsed.action["arguments"], "answer": answers[-1]}}
+            if notes.corrected_answer is not None:
+                action = {"name": "Terminate", "arguments": {**parsed.action["arguments"], "answer": notes.corrected_answer}}
                 raw = compact({"thought": parsed.thought, "actions": [action]})
         turns.append(assistant_turn(raw))
         if last or step.observation is None:
@@ -212,7 +198,7 @@ def _inside(root: Path, rel: str) -> Path:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _row(fmt: str, session: SessionRow, turns: list[Any], paths: list[str], notes: list[FeedbackRow]) -> dict[str, Any]:
+def _row(fmt: str, session: SessionRow, turns: list[Any], paths: list[str], notes: LatestFeedback) -> dict[str, Any]:
     if fmt == "cota-llava":
         return {
             "sample_id": session.id,
@@ -228,7 +214,7 @@ def _row(fmt: str, session: SessionRow, turns: list[Any], paths: list[str], note
         "metadata": {
             "dataset": DATASET, "task_instruction": session.question, "model": session.model,
             "backend": session.backend, "family": session.family,
-            "corrected": any(_is_correction(n) for n in notes), "rating": _session_rating(notes),
+            "corrected": notes.corrected, "rating": notes.rating,
         },
     }
 

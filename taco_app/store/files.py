@@ -11,6 +11,14 @@ from pathlib import Path
 from PIL import Image
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that it appears whole or not at all, even with several writers at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique: threads may write the same file
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # atomic: a crash never leaves half a file under the final name
+
+
 class ImageFiles:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -25,10 +33,7 @@ class ImageFiles:
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / digest[:2] / f"{digest}.{ext}"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")  # unique: threads may store the same image at once
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # atomic: a crash never leaves half a file under the final name
+            write_atomic(path, data)
         return digest, path
 
     def save_file(self, source: str | Path) -> tuple[str, Path]:

@@ -99,6 +99,34 @@ class Feedback:
 
 
 @dataclass
+class LatestFeedback:
+    """What a feedback history amounts to: for each kind of feedback, the latest entry wins."""
+
+    rating: str | None = None  # the latest session-level rating
+    corrected_answer: str | None = None
+    step_ratings: dict[int, str] = field(default_factory=dict)
+    corrected_steps: dict[int, Any] = field(default_factory=dict)
+    corrected: bool = False  # any correction (answer or step) at all
+
+    @classmethod
+    def fold(cls, history: Any) -> "LatestFeedback":
+        """``history``: feedback rows (or :class:`Feedback`), oldest first."""
+        latest = cls()
+        for item in history:  # oldest first, so later rows overwrite
+            if item.rating is not None:
+                if item.step is None:
+                    latest.rating = item.rating
+                else:
+                    latest.step_ratings[item.step] = item.rating
+            if item.corrected_answer is not None:
+                latest.corrected_answer = item.corrected_answer
+            if item.corrected_step is not None and item.step is not None:
+                latest.corrected_steps[item.step] = item.corrected_step
+            latest.corrected = latest.corrected or item.corrected_answer is not None or item.corrected_step is not None
+        return latest
+
+
+@dataclass
 class Trace:
     session: dict[str, Any]  # the session row's columns
     steps: list[dict[str, Any]]  # each step row's columns, in order
@@ -206,16 +234,9 @@ def get_trace(store: Store, session_id: str) -> Trace | None:
             feedback=[Feedback(f.step, f.rating, f.corrected_answer, f.corrected_step, f.note, f.created_at)
                       for f in feedback],
         )
-    for item in trace.feedback:  # oldest first, so later rows overwrite: the latest wins
-        if item.rating is not None:
-            if item.step is None:
-                trace.rating = item.rating
-            else:
-                trace.step_ratings[item.step] = item.rating
-        if item.corrected_answer is not None:
-            trace.corrected_answer = item.corrected_answer
-        if item.corrected_step is not None and item.step is not None:
-            trace.corrected_steps[item.step] = item.corrected_step
+    latest = LatestFeedback.fold(trace.feedback)
+    trace.rating, trace.corrected_answer = latest.rating, latest.corrected_answer
+    trace.step_ratings, trace.corrected_steps = latest.step_ratings, latest.corrected_steps
     return trace
 
 
