@@ -129,7 +129,7 @@ def _import(store: Any, conversation: Conversation, *, model: str | None, backen
             width, height = picture.size
         images.append(ImageRow(
             session_id=session_id, ordinal=int(image_id.rsplit("-", 1)[1]), image_id=image_id, sha256=digest,
-            path=str(stored.resolve().relative_to(store.images_root.resolve())), width=width, height=height,
+            path=store._relative(str(stored)), width=width, height=height,
             role="input" if image_id in inputs else "tool",
             step=None if image_id in inputs else produced_at.get(image_id),
         ))
