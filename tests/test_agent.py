@@ -105,7 +105,7 @@ def test_tool_images_get_the_next_ids_and_reach_the_model(photo):
 
     class Spy(ReplayBackend):
         def stream(self, prompt, images):
-            seen.append((prompt.count("<image>"), [im.size for im in images]))
+            seen.append((prompt.text.count("<image>"), [im.size for im in images]))
             return super().stream(prompt, images)
 
     outputs = [step("Crop", image="image-0"), step("Crop", image="image-1"), terminate()]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence, Union
 
 from PIL import Image
+
+from taco_app.cota.events import Usage
+from taco_app.cota.prompt import Prompt
+
+Chunk = Union[str, Usage]
 
 
 class BackendError(RuntimeError):
@@ -16,10 +21,12 @@ class Backend(Protocol):
     model_id: str | None  # the checkpoint or script it runs
     family: str  # the prompt format it speaks: "mantis" or "qwen2"
 
-    def stream(self, prompt: str, images: Sequence[Image.Image]) -> Iterator[str]:
-        """Yield the model's reply to ``prompt`` in chunks as it is generated.
+    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Iterator[Chunk]:
+        """Yield the model's reply to ``prompt`` in text chunks as it is generated.
 
-        ``prompt`` is the full chat-wrapped text with one ``<image>`` per entry of ``images``.
+        ``images`` has one entry per ``<image>`` in the prompt, in order. A backend that counts
+        tokens yields one :class:`Usage` after the text. Closing the iterator early (the person
+        pressed Stop) must stop generation promptly.
         """
         ...
 

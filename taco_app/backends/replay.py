@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 from PIL import Image
 
 from taco_app.backends.base import BackendError
+from taco_app.cota.prompt import Prompt
 
 _CHUNK = re.compile(r"\s*\S{1,12}|\s+")  # a word (at most 12 characters) with its leading space
 
@@ -48,7 +49,7 @@ class ReplayBackend:
             raise BackendError(f"replay script {path} must be a JSON list of strings (raw model outputs)")
         return cls(data, model_id=f"replay:{path.name}", **kwargs)
 
-    def stream(self, prompt: str, images: Sequence[Image.Image]) -> Iterator[str]:
+    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Iterator[str]:
         with self._lock:
             index = self._next
             self._next += 1

@@ -105,6 +105,7 @@ def run(
     yield ev.SessionStarted(
         step=0, session_id=session.id, question=question, images=infos, backend=backend.name,
         model=backend.model_id, family=backend.family, max_replies=max_replies, started_at=started,
+        revision=getattr(backend, "revision", None), quantisation=getattr(backend, "quantisation", None),
     )
     session.turns.append(user_request(question, [info.image_id for info in infos]))
 
@@ -123,12 +124,20 @@ def run(
         # --- generate -------------------------------------------------------------------------
         t0 = time.perf_counter()
         pieces: list[str] = []
+        usage: dict[str, int] | None = None
         try:
-            for chunk in backend.stream(prompt.text, [session.images[i][1] for i in prompt.image_ids]):
-                pieces.append(chunk)
-                yield ev.ThoughtDelta(step=step, text=chunk)
-                if cancel.is_set():
-                    break
+            stream = backend.stream(prompt, [session.images[i][1] for i in prompt.image_ids])
+            try:
+                for chunk in stream:
+                    if isinstance(chunk, ev.Usage):
+                        usage = chunk.as_dict()
+                        continue
+                    pieces.append(chunk)
+                    yield ev.ThoughtDelta(step=step, text=chunk)
+                    if cancel.is_set():
+                        break
+            finally:
+                getattr(stream, "close", lambda: None)()  # stops a generation cut short (Stop, or an error)
         except Exception as err:  # a broken backend ends the session; the person sees why
             yield ev.Error(step=step, code="backend", message=f"The model backend failed: {err}")
             yield finish("failed", None, step, str(err))
@@ -145,9 +154,9 @@ def run(
         if isinstance(parsed, ParseFailure):
             feedback = parse_error_turn(parsed.code, parsed.message)
             yield ev.ParseError(step=step, raw=raw, code=parsed.code, message=parsed.message,
-                                observation=feedback.text, generation_s=generation_s)
+                                observation=feedback.text, generation_s=generation_s, usage=usage)
         else:
-            yield ev.ActionParsed(step=step, raw=raw, thought=parsed.thought, action=parsed.action, generation_s=generation_s)
+            yield ev.ActionParsed(step=step, raw=raw, thought=parsed.thought, action=parsed.action, generation_s=generation_s, usage=usage)
             action = parsed.action
             if action is None:
                 feedback = no_action_turn()

@@ -21,6 +21,23 @@ class Event:
     step: int = 0
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Token counts a backend reports for one reply, as the last item of its stream.
+
+    ``prompt_tokens`` is the whole prompt (image tokens included); ``cached_tokens`` of them came
+    from a kept KV cache, so only ``prompt_tokens - cached_tokens`` were prefilled.
+    """
+
+    prompt_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    prefill_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 @dataclass
 class ImageInfo:
     """An image of the session: an input (``parent`` None) or a tool output."""
@@ -48,6 +65,8 @@ class SessionStarted(Event):
     family: str = ""
     max_replies: int = 10
     started_at: float = 0.0
+    revision: str | None = None  # the checkpoint revision, when the backend knows it
+    quantisation: str | None = None  # "4bit", "8bit", "none"; None when not a local checkpoint
 
 
 @dataclass
@@ -72,6 +91,7 @@ class ActionParsed(Event):
     thought: str = ""
     action: dict[str, Any] | None = None  # None: the model gave an empty actions list
     generation_s: float = 0.0
+    usage: dict[str, int] | None = None  # Usage.as_dict() when the backend reports tokens
 
 
 @dataclass
@@ -82,6 +102,7 @@ class ParseError(Event):
     message: str = ""
     observation: str = ""  # the repair turn fed back to the model
     generation_s: float = 0.0
+    usage: dict[str, int] | None = None
 
 
 @dataclass

@@ -71,10 +71,23 @@ class Turn:
 
 @dataclass(frozen=True)
 class Prompt:
-    """What a backend is given: the full text (chat-wrapped) and the image ids in placeholder order."""
+    """What a backend is given: TACO's flattened text, its chat family, and the image ids in order.
 
-    text: str
+    ``text`` is the chat-wrapped string a local checkpoint tokenizes; a chat API is sent ``system``
+    and ``user`` as two messages instead and applies the same template on its side.
+    """
+
+    family: str
+    user: str  # the flattened TACO text, one ``<image>`` per entry of ``image_ids``
     image_ids: tuple[str, ...]
+
+    @property
+    def system(self) -> str:
+        return chat_system(self.family)
+
+    @property
+    def text(self) -> str:
+        return wrap_chat(self.family, self.user)
 
 
 # --- the system prompt -------------------------------------------------------------------------
@@ -204,22 +217,28 @@ def flatten(turns: list[Turn]) -> str:
     return "".join(lines)
 
 
-def wrap_chat(family: str, text: str) -> str:
-    """The chat template of each checkpoint family around the flattened text, as one user turn."""
+def chat_system(family: str) -> str:
+    """The system message each checkpoint family was prompted with."""
     if family == "mantis":
-        return (
-            f"<|start_header_id|>system<|end_header_id|>\n\n{LLAMA3_SYSTEM}<|eot_id|>"
-            f"<|start_header_id|>user<|end_header_id|>\n\n{text}<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\n"
-        )
+        return LLAMA3_SYSTEM
     if family == "qwen2":
-        return (
-            f"<|im_start|>system\n{QWEN2_SYSTEM}<|im_end|>\n"
-            f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
-        )
+        return QWEN2_SYSTEM
     raise ValueError(f"unknown checkpoint family {family!r}; expected one of {', '.join(FAMILIES)}")
 
 
+def wrap_chat(family: str, text: str) -> str:
+    """The chat template of each checkpoint family around the flattened text, as one user turn."""
+    system = chat_system(family)
+    if family == "mantis":
+        return (
+            f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
+            f"<|start_header_id|>user<|end_header_id|>\n\n{text}<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        )
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
 def build_prompt(turns: list[Turn], family: str) -> Prompt:
+    chat_system(family)  # an unknown family fails here, before any work
     image_ids = tuple(image_id for turn in turns for image_id in turn.image_ids)
-    return Prompt(text=wrap_chat(family, flatten(turns)), image_ids=image_ids)
+    return Prompt(family=family, user=flatten(turns), image_ids=image_ids)

@@ -197,6 +197,7 @@ class _Recorder:
                 db.add(SessionRow(
                     id=item.session_id, created_at=item.started_at or time.time(), question=item.question,
                     backend=item.backend, model=item.model, family=item.family, status="running",
+                    revision=item.revision, quantisation=item.quantisation,
                     tool_versions=tool_versions(), owner_host=HOST, owner_pid=os.getpid(),
                 ))
                 db.add_all(self._image_row(info) for info in item.images)
@@ -204,10 +205,10 @@ class _Recorder:
             return
         elif isinstance(item, ev.ActionParsed):
             self._begin_step(item.step).update(raw=item.raw, thought=item.thought, action=item.action, generation_s=item.generation_s,
-                                               action_name=item.action["name"] if item.action else None)
+                                               action_name=item.action["name"] if item.action else None, **_tokens(item.usage))
         elif isinstance(item, ev.ParseError):
             self._begin_step(item.step).update(raw=item.raw, parse_error_code=item.code, parse_error=item.message,
-                                               observation=item.observation, generation_s=item.generation_s)
+                                               observation=item.observation, generation_s=item.generation_s, **_tokens(item.usage))
             self.flush()
         elif isinstance(item, ev.ImageProduced) and item.image is not None:
             self.images.append(self._image_row(item.image))
@@ -247,3 +248,8 @@ class _Recorder:
         self.flush()
         self._finish("interrupted", None, "The session stopped before it finished.", None)
 
+
+def _tokens(usage: dict[str, int] | None) -> dict[str, int | None]:
+    """A step's token columns from a backend's usage report (None when it reported none)."""
+    usage = usage or {}
+    return {"prompt_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("output_tokens")}
