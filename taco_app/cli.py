@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--question", required=True)
     run.add_argument("--backend", default="auto", help="replay:FILE | transformers[:MODEL] | openai | auto")
     run.add_argument("--family", choices=["mantis", "qwen2"], help="prompt format (default: the backend's)")
+    model = run.add_argument_group("local checkpoint (--backend transformers[:MODEL])")
+    model.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present; $TACO_DEVICE)")
+    model.add_argument("--quantisation", choices=["4bit", "8bit", "none"], help="default: 4bit on CUDA, none on the CPU ($TACO_QUANTISATION)")
+    model.add_argument("--revision", help="a branch, tag or commit of a Hub checkpoint ($TACO_MODEL_REVISION)")
+    model.add_argument("--max-new-tokens", type=int, help="per reply (default 2000, as TACO; $TACO_MAX_NEW_TOKENS)")
+    api = run.add_argument_group("OpenAI-compatible server (--backend openai)")
+    api.add_argument("--base-url", help="e.g. http://127.0.0.1:8000/v1 ($TACO_OPENAI_BASE_URL)")
+    api.add_argument("--api-model", help="the model name the server knows ($TACO_OPENAI_MODEL)")
     run.add_argument("--max-replies", type=int, default=10, help="replies allowed after the first (TACO: 10)")
     run.add_argument("--json", action="store_true", help="one JSON object per event per line")
 
@@ -81,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from taco_app.backends import BackendError, create_backend
+    from taco_app.backends import BackendError, BackendOptions, create_backend
     from taco_app.cota import events as ev
     from taco_app.cota.agent import InputImage, run
     from taco_app.media import ImageLoadError
@@ -94,8 +102,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = [InputImage.open(path) for path in args.image]
     except ImageLoadError as err:
         raise UsageError(str(err)) from None
+    options = BackendOptions(family=args.family, device=args.device, quantisation=args.quantisation, revision=args.revision,
+                             max_new_tokens=args.max_new_tokens, base_url=args.base_url, api_model=args.api_model)
     try:
-        backend = create_backend(args.backend, family=args.family)
+        backend = create_backend(args.backend, options)
     except BackendError as err:
         raise UsageError(str(err)) from None
 

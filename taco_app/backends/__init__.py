@@ -1,23 +1,75 @@
-"""Backends: ``replay`` here; heavy ones import their libraries only when chosen."""
+"""Backends: where model text comes from. Heavy ones import their libraries only when chosen.
+
+- ``replay:FILE`` plays recorded model outputs (demos without a GPU, tests).
+- ``transformers[:MODEL]`` runs a TACO checkpoint on this machine (``local.py``, ``loading.py``).
+- ``openai`` talks to any OpenAI-compatible server, e.g. vLLM serving a TACO checkpoint.
+- ``auto`` is the local checkpoint when CUDA and its weights are here; otherwise it says why not.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from taco_app.backends.base import Backend, BackendError
 from taco_app.backends.replay import ReplayBackend
 
-__all__ = ["Backend", "BackendError", "ReplayBackend", "create_backend"]
+__all__ = ["Backend", "BackendError", "BackendOptions", "ReplayBackend", "create_backend", "auto_choice"]
+
+EXAMPLE_REPLAY = "replay:assets/examples/fuel_prices.replay.json"
 
 
-def create_backend(spec: str, *, family: str | None = None) -> Backend:
-    """A backend from its command-line name: ``replay:FILE``, ``auto``, …"""
+@dataclass(frozen=True)
+class BackendOptions:
+    """Command-line choices for the backends (None: the environment's or the default)."""
+
+    family: str | None = None
+    device: str | None = None
+    quantisation: str | None = None
+    revision: str | None = None
+    max_new_tokens: int | None = None
+    base_url: str | None = None
+    api_model: str | None = None
+
+
+def create_backend(spec: str, options: BackendOptions | None = None) -> Backend:
+    """A backend from its command-line name: ``replay:FILE``, ``transformers[:MODEL]``, ``openai``, ``auto``."""
+    options = options or BackendOptions()
     name, _, arg = spec.partition(":")
     if name == "replay":
         if not arg:
             raise BackendError("--backend replay needs a script: replay:FILE (a JSON list of model outputs)")
-        return ReplayBackend.from_file(arg, family=family or "mantis")
-    if name in ("auto", "transformers", "openai"):
-        raise BackendError(
-            f"the '{name}' backend (a TACO checkpoint on a GPU, or an OpenAI-compatible server) is not"
-            " part of this build yet; use --backend replay:FILE to play recorded model outputs"
-        )
-    raise BackendError(f"unknown backend {spec!r}; use replay:FILE")
+        return ReplayBackend.from_file(arg, family=options.family or "mantis")
+    if name == "transformers":
+        return _transformers(arg or None, options)
+    if name == "openai":
+        from taco_app.backends.openai import OpenAIBackend
+
+        return OpenAIBackend.from_options(options)
+    if name == "auto":
+        choice, reason = auto_choice(options)
+        if choice is None:
+            raise BackendError(f"no TACO model can run here: {reason}. To replay an example: --backend {EXAMPLE_REPLAY}")
+        return choice
+    raise BackendError(f"unknown backend {spec!r}; use replay:FILE, transformers[:MODEL], openai or auto")
+
+
+def _transformers(model_id: str | None, options: BackendOptions) -> Backend:
+    from taco_app.backends.loading import LoadOptions
+    from taco_app.backends.local import TransformersBackend
+
+    backend = TransformersBackend(LoadOptions.from_env(
+        model_id=model_id, device=options.device, quantisation=options.quantisation, revision=options.revision,
+        max_new_tokens=options.max_new_tokens,
+    ))
+    family = backend.family  # reads the checkpoint's config now: missing weights are reported before any session
+    if options.family and options.family != family:
+        raise BackendError(f"{backend.model_id} speaks the {family} prompt format, not {options.family}; drop --family")
+    return backend
+
+
+def auto_choice(options: BackendOptions | None = None) -> tuple[Backend | None, str]:
+    """The local TACO checkpoint when it can run here, else None and the reason in words."""
+    try:
+        return _transformers(None, options or BackendOptions()), ""
+    except BackendError as err:
+        return None, str(err)

@@ -66,7 +66,7 @@ def downloads_allowed() -> bool:
     return os.environ.get("TACO_ALLOW_DOWNLOAD", "").lower() in ("1", "true", "yes")
 
 
-def local_path(model_id: str) -> Path | None:
+def local_path(model_id: str, revision: str | None = None) -> Path | None:
     """The folder holding the model's files on this machine (a local folder or the HF cache)."""
     folder = Path(model_id).expanduser()
     if folder.is_dir():
@@ -76,7 +76,7 @@ def local_path(model_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot = Path(snapshot_download(model_id, local_files_only=True))
+        snapshot = Path(snapshot_download(model_id, revision=revision, local_files_only=True))
     except Exception:  # not cached (LocalEntryNotFoundError), or a malformed id
         return None
     return snapshot if (snapshot / "config.json").is_file() else None

@@ -1,0 +1,257 @@
+"""The ``transformers`` backend on tiny checkpoints that mirror the released TACO ones.
+
+The checkpoints are built here (random weights, real layout and config switches), saved, and loaded
+through the same code users hit. Their text is garbage; the loop must handle it all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from PIL import Image
+
+from taco_app.backends import BackendError
+from taco_app.backends.loading import LoadOptions, load_processor, resolve
+from taco_app.backends.local import Detokenizer, PrefixCache, TransformersBackend, common_prefix
+from taco_app.cota import events as ev
+from taco_app.cota.agent import run
+from taco_app.cota.prompt import build_prompt, user_request
+from taco_app.cota.traces import load_trace
+from taco_app.store.db import Store
+from taco_app.store.queries import get_trace
+
+from .conftest import ROOT, of_kind
+from .tiny import mantis
+
+FUEL = ROOT / "assets" / "examples" / "fuel_prices.png"
+QUESTION = "How much gas can I buy with $50?"
+
+
+@pytest.fixture(scope="module")
+def siglip_checkpoint(tmp_path_factory):
+    return mantis.build(tmp_path_factory.mktemp("mantis-siglip"), tower="siglip")
+
+
+@pytest.fixture(scope="module")
+def clip_checkpoint(tmp_path_factory):
+    return mantis.build(tmp_path_factory.mktemp("mantis-clip"), tower="clip")
+
+
+def backend(path, **options) -> TransformersBackend:
+    options.setdefault("max_new_tokens", 16)
+    return TransformersBackend(LoadOptions(model_id=str(path), device="cpu", **options))
+
+
+def session(be, images, max_replies=1, **kwargs) -> list[ev.Event]:
+    return list(run(QUESTION, images, be, max_replies=max_replies, files=None, **kwargs))
+
+
+# --- the processor -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tower,tokens", [("siglip", 728), ("clip", 576)])
+def test_processor_is_rebuilt_from_the_model_config(siglip_checkpoint, clip_checkpoint, tower, tokens):
+    from transformers import AutoConfig, AutoProcessor, LlavaProcessor
+
+    folder = siglip_checkpoint if tower == "siglip" else clip_checkpoint
+    # The trap the released checkpoints set: their processor class is unknown, AutoProcessor
+    # returns the bare tokenizer, and images would silently not be expanded.
+    assert not hasattr(AutoProcessor.from_pretrained(folder), "image_processor")
+    config = AutoConfig.from_pretrained(folder)
+    processor = load_processor(folder, config)
+    assert isinstance(processor, LlavaProcessor)
+    assert processor.vision_feature_select_strategy == "default"
+    inputs = processor(text="image-0: <image>\nhi", images=[Image.open(FUEL).convert("RGB")], return_tensors="pt")
+    assert (inputs["input_ids"][0] == config.image_token_id).sum().item() == tokens
+
+
+@pytest.mark.reference
+def test_golden_conversation_token_sequence(siglip_checkpoint, reference):
+    """The tokens fed for the golden Mantis prompt: the reference text, 728 image tokens per image."""
+    conversation = load_trace(reference / "traces" / "TACO-Llama3-SigLIP-125.json")
+    prompt = build_prompt(conversation.until_last_user_turn(), "mantis")
+    images = [Image.open(conversation.image_paths[i]) for i in prompt.image_ids]
+    be = backend(siglip_checkpoint)
+    ids, tensors = be.encode(prompt, images)
+    runs = be._runs(ids)
+    assert [end - start for start, end in runs] == [728, 728]
+    assert tensors["pixel_values"].shape[0] == 2
+    # Collapse each run back to one placeholder and decode: the reference text, after Llama-3's BOS.
+    collapsed, previous = [], None
+    for start, end in runs:
+        collapsed += ids[previous:start] + [ids[start]]
+        previous = end
+    collapsed += ids[previous:]
+    tokenizer = be.load().processor.tokenizer
+    golden = (reference / "golden_prompt_mantis_trace125_step3.txt").read_text("utf-8")
+    assert tokenizer.decode(collapsed) == "<|begin_of_text|>" + golden
+
+
+# --- whole CoTA steps --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tower", ["siglip", "clip"])
+def test_two_streamed_steps_on_real_images(siglip_checkpoint, clip_checkpoint, tower):
+    be = backend(siglip_checkpoint if tower == "siglip" else clip_checkpoint)
+    events = session(be, [Image.open(FUEL), Image.new("RGB", (640, 200), "white")])
+    steps = of_kind(events, ev.StepStarted)
+    assert [s.step for s in steps] == [1, 2]
+    for step in (1, 2):
+        deltas = [e for e in of_kind(events, ev.ThoughtDelta) if e.step == step]
+        assert len(deltas) > 1, "the reply is streamed in pieces, not all at once"
+        replies = [e for e in events if isinstance(e, (ev.ActionParsed, ev.ParseError)) and e.step == step]
+        assert replies[0].raw == "".join(d.text for d in deltas)
+        assert replies[0].usage["output_tokens"] == 16
+    finished = events[-1]
+    assert isinstance(finished, ev.Finished) and finished.status == "max_steps"  # garbage never terminates
+
+
+def test_session_is_logged_with_tokens_and_quantisation(siglip_checkpoint):
+    be = backend(siglip_checkpoint)
+    store = Store.open()
+    events = list(store.record(run(QUESTION, [Image.open(FUEL)], be, max_replies=1)))
+    trace = get_trace(store, events[0].session_id)
+    assert trace.session["backend"] == "transformers" and trace.session["quantisation"] == "none"
+    assert [s["prompt_tokens"] for s in trace.steps] == [u.usage["prompt_tokens"] for u in events if getattr(u, "usage", None)]
+    assert all(s["output_tokens"] == 16 for s in trace.steps)
+
+
+def test_prefix_cache_gives_identical_output_and_prefills_only_the_suffix(siglip_checkpoint):
+    images = [Image.open(FUEL)]
+    cached = backend(siglip_checkpoint, max_new_tokens=24)
+    plain = backend(siglip_checkpoint, max_new_tokens=24, prefix_cache=False)
+    with_cache = session(cached, images, max_replies=4)
+    without = session(plain, images, max_replies=4)
+
+    def replies(events):
+        return [e for e in events if isinstance(e, (ev.ActionParsed, ev.ParseError))]
+
+    assert [r.raw for r in replies(with_cache)] == [r.raw for r in replies(without)]
+    usage = [r.usage for r in replies(with_cache)]
+    prefilled = [u["prompt_tokens"] - u["cached_tokens"] for u in usage]
+    full = [u["prompt_tokens"] for u in usage]
+    print("prompt tokens per step:", full, "prefilled with the cache:", prefilled)
+    assert len(usage) == 5 and all(u["cached_tokens"] == 0 for u in replies(without) for u in [u.usage])
+    assert prefilled[0] == full[0]  # the first prompt ever: nothing to reuse yet
+    for step in range(1, 5):  # later steps prefill only what the previous step did not contain
+        assert prefilled[step] < 400 < full[step]
+    # A second session reuses the pinned system prompt (and the shared image request).
+    again = replies(session(cached, images, max_replies=0))[0].usage
+    assert again["cached_tokens"] >= 3000
+
+
+def test_prefix_cache_keeps_image_tokens_whole():
+    cache = PrefixCache()
+
+    class Fake:
+        def __init__(self, n):
+            self.n = n
+
+        def get_seq_length(self):
+            return self.n
+
+        def crop(self, delta):
+            self.n += delta
+
+    cache.put([1, 2, 9, 9, 9, 3], Fake(6))
+    kept_cache, kept = cache.take([1, 2, 9, 9, 8, 8], align=lambda keep: 2 if 2 < keep < 5 else keep)
+    assert kept == 2 and kept_cache.n == 2
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2 and common_prefix([], [1]) == 0
+
+
+def test_detokenizer_never_splits_a_character(siglip_checkpoint):
+    tokenizer = backend(siglip_checkpoint).load().processor.tokenizer
+    text = "Gasoline costs €3.49 — 日本語 ✓ {\"thought\": \"ok\"}"
+    detok = Detokenizer(tokenizer)
+    pieces = [detok.push(t) for t in tokenizer(text, add_special_tokens=False).input_ids]
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+
+
+def test_stop_ends_generation_and_the_next_run_is_fine(siglip_checkpoint):
+    be = backend(siglip_checkpoint, max_new_tokens=200)
+    cancel = threading.Event()
+    events = []
+    for event in run(QUESTION, [Image.open(FUEL)], be, files=None, cancel=cancel):
+        events.append(event)
+        if isinstance(event, ev.ThoughtDelta):
+            cancel.set()
+    assert events[-1].status == "cancelled" and len(of_kind(events, ev.ThoughtDelta)) == 1
+    after = session(be, [Image.open(FUEL)], max_replies=0)
+    assert after[-1].status == "max_steps" and of_kind(after, ev.ParseError)[0].usage["output_tokens"] == 200
+
+
+# --- quantisation and devices ----------------------------------------------------------------------
+
+
+def test_4bit_on_cpu_quantises_the_language_model_only(siglip_checkpoint):
+    pytest.importorskip("bitsandbytes")
+    from bitsandbytes.nn import Linear4bit
+    from torch import nn
+
+    be = backend(siglip_checkpoint, quantisation="4bit")
+    model = be.load().model
+    assert isinstance(model.model.language_model.layers[0].mlp.up_proj, Linear4bit)
+    assert isinstance(model.model.language_model.layers[0].self_attn.q_proj, Linear4bit)
+    tower = [m for m in model.model.vision_tower.modules() if isinstance(m, (nn.Linear, Linear4bit))]
+    for kept in (model.lm_head, model.model.multi_modal_projector.linear_1, *tower):
+        assert isinstance(kept, nn.Linear) and not isinstance(kept, Linear4bit)
+    events = session(be, [Image.open(FUEL)], max_replies=0)
+    assert of_kind(events, ev.ParseError)[0].usage["output_tokens"] == 16
+    assert be.status.state == "ready" and be.status.quantisation == "4bit"
+
+
+def test_without_cuda_the_default_refuses_to_load_an_8b_model():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendError, match="no CUDA GPU here.*--device cpu"):
+        TransformersBackend(LoadOptions())
+    with pytest.raises(BackendError, match="no CUDA GPU"):
+        TransformersBackend(LoadOptions(device="cuda"))
+
+
+def test_missing_weights_say_how_to_get_them(tmp_path):
+    with pytest.raises(BackendError, match=r"python app.py download --taco"):
+        resolve("Salesforce/llama3-siglip-mantis-taco-8b")
+    with pytest.raises(BackendError, match="no config.json"):
+        resolve(str(tmp_path))
+
+
+def test_original_llava_next_layout_asks_for_convert(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "architectures": ["LlavaQwenForCausalLM"], "mm_vision_tower": "google/siglip-so400m-patch14-384",
+        "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "vocab_size": 10}))
+    with pytest.raises(BackendError, match="python app.py convert"):
+        backend(tmp_path).family
+
+
+def test_a_failed_load_is_reported_and_the_backend_stays_usable(tmp_path, siglip_checkpoint):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        (broken / name).write_bytes((siglip_checkpoint / name).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    be = backend(broken)
+    events = session(be, [Image.open(FUEL)], max_replies=0)
+    assert events[-1].status == "failed" and of_kind(events, ev.Error)[0].code == "backend"
+    assert be.status.state == "failed" and be.status.message
+
+
+@pytest.mark.gpu
+def test_4bit_on_cuda(siglip_checkpoint):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from bitsandbytes.nn import Linear4bit
+
+    be = TransformersBackend(LoadOptions(model_id=str(siglip_checkpoint), max_new_tokens=16))
+    assert be.quantisation == "4bit"
+    model = be.load().model
+    assert isinstance(model.model.language_model.layers[0].mlp.up_proj, Linear4bit)
+    assert model.model.multi_modal_projector.linear_1.weight.dtype == torch.bfloat16
+    events = session(be, [Image.open(FUEL)], max_replies=1)
+    assert events[-1].status == "max_steps" and be.status.gpu_memory_bytes > 0
