@@ -255,3 +255,17 @@ def test_4bit_on_cuda(siglip_checkpoint):
     assert model.model.multi_modal_projector.linear_1.weight.dtype == torch.bfloat16
     events = session(be, [Image.open(FUEL)], max_replies=1)
     assert events[-1].status == "max_steps" and be.status.gpu_memory_bytes > 0
+
+
+def test_benchmark_runs_on_a_tiny_model(siglip_checkpoint, tmp_path):
+    from benchmarks import bench_model
+
+    out = tmp_path / "bench.json"
+    assert bench_model.main(["--size", "tiny", "--new-tokens", "8", "--checkpoint", str(siglip_checkpoint), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    run_ = report["runs"][0]
+    assert run_["quantisation"] == "none" and run_["load_s"] > 0
+    assert run_["step1_cold"]["cached_tokens"] == 0 and run_["step1_cold"]["output_tokens"] == 8
+    cached, plain = run_["step2_with_prefix_cache"], run_["step2_without_prefix_cache"]
+    assert cached["prompt_tokens"] == plain["prompt_tokens"] and plain["cached_tokens"] == 0
+    assert cached["prompt_tokens"] - cached["cached_tokens"] < 400 < cached["cached_tokens"]

@@ -234,6 +234,7 @@ class TransformersBackend:
                         model(input_ids=torch.tensor([ids[:kept]], device=model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
                         self.cache.pin(ids[:kept], cache)
                 out = model(**self._prefill_inputs(ids, kept, runs, tensors, model), past_key_values=cache, use_cache=True, logits_to_keep=1)
+                token = int(out.logits[0, -1].argmax())  # waits for the GPU, so the time below is real
             except torch.OutOfMemoryError as err:
                 self.cache.clear()
                 raise BackendError(f"out of GPU memory reading a {len(ids)}-token prompt; start a new session or free GPU memory") from err
@@ -243,7 +244,6 @@ class TransformersBackend:
             detok = Detokenizer(tokenizer)
             consistent = True  # the cache holds exactly ``fed``
             try:
-                token = int(out.logits[0, -1].argmax())
                 while token not in stops and produced < self.options.max_new_tokens:
                     produced += 1
                     text = detok.push(token)

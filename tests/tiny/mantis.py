@@ -17,12 +17,21 @@ from tests.tiny import chat_tokenizer
 
 SEED = 1234
 HIDDEN = 64
+# ``size="real"``: the published Mantis-8B shapes (Llama-3-8B-Instruct + SigLIP so400m/14-384), for
+# benchmarks with random weights. The tokenizer stays the tiny one; the vocabulary keeps its real size.
+REAL_TEXT = dict(vocab_size=128258, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0)
+REAL_SIGLIP = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14)
 
 
-def config(tokenizer, tower: str = "siglip"):
+def config(tokenizer, tower: str = "siglip", size: str = "tiny"):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, SiglipVisionConfig
 
     vision = dict(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=3, num_attention_heads=4, patch_size=14)
+    if size == "real":
+        if tower != "siglip":
+            raise ValueError("the real-size build is the SigLIP checkpoint")
+        vision = REAL_SIGLIP
     if tower == "siglip":
         vision_config = SiglipVisionConfig(image_size=384, hidden_act="gelu_pytorch_tanh", **vision)
     elif tower == "clip":
@@ -34,6 +43,8 @@ def config(tokenizer, tower: str = "siglip"):
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=500000.0,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"),
     )
+    if size == "real":
+        text_config = LlamaConfig(**{**text_config.to_dict(), **REAL_TEXT})
     return LlavaConfig(
         vision_config=vision_config, text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
@@ -49,16 +60,26 @@ def image_processor(tower: str = "siglip"):
     return CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
 
 
-def build(folder: Path, tower: str = "siglip") -> Path:
-    """Write the checkpoint (weights, config, tokenizer, image processor) to ``folder``."""
+def build(folder: Path, tower: str = "siglip", size: str = "tiny", device: str = "cpu") -> Path:
+    """Write the checkpoint (weights, config, tokenizer, image processor) to ``folder``.
+
+    ``size="real"`` builds the 8B model (16 GB in bf16): pass ``device="cuda"`` to initialise it fast.
+    """
     import torch
     from transformers import LlavaForConditionalGeneration
 
     folder = Path(folder)
     tokenizer = chat_tokenizer.build(folder, "mantis")
     torch.manual_seed(SEED)
-    model = LlavaForConditionalGeneration(config(tokenizer, tower)).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if size == "real" else torch.float32)  # 16 GB, not 32, for the real one
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config(tokenizer, tower, size)).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.save_pretrained(folder)
+    del model
     image_processor(tower).save_pretrained(folder)
     # Mantis's training code saved its own processor class name next to the settings.
     for name in ("preprocessor_config.json", "tokenizer_config.json"):
