@@ -175,14 +175,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for name, tool in default_tools().tools.items():
         status = tool.status()
         rows.append((name, status.model, status.weights, "yes" if status.ready else "no", status.fix))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    print(f"\ntool models run on: {MODELS.device}")
+    _print_table(rows)
+    print(f"\ntool models run on: {MODELS.device}\n")
+    from taco_app.backends import doctor_rows
+
+    backends = [("backend", "model", "weights here", "runs now", "fix"), *doctor_rows()]
+    _print_table(backends)
     missing = sorted({row[4] for row in rows[1:] if row[4] and row[3] == "no"})
     if missing:
         print("to fix what does not run: " + "; ".join(missing))
     return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def cmd_download(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from taco_app.backends.base import Backend, BackendError
@@ -73,3 +74,24 @@ def auto_choice(options: BackendOptions | None = None) -> tuple[Backend | None, 
         return _transformers(None, options or BackendOptions()), ""
     except BackendError as err:
         return None, str(err)
+
+
+def doctor_rows() -> list[tuple[str, str, str, str, str]]:
+    """(backend, model, weights here, runs now, fix) for ``python app.py doctor``; loads nothing heavy."""
+    from taco_app.backends.loading import LoadOptions, resolve
+    from taco_app.tools.models import cuda_available
+
+    options = LoadOptions.from_env()
+    try:
+        resolve(options.model_id, options.revision)
+        weights, weights_fix = "yes", ""
+    except BackendError:
+        weights, weights_fix = "no", "python app.py download --taco"
+    cuda = cuda_available()
+    fix = weights_fix or ("" if cuda else "needs a CUDA GPU (or --device cpu, slow)")
+    rows = [("transformers", options.model_id, weights, "yes" if cuda and weights == "yes" else "no", fix)]
+    base_url = os.environ.get("TACO_OPENAI_BASE_URL")
+    rows.append(("openai", base_url or "(no server set)", "-", "yes" if base_url else "no",
+                 "" if base_url else "--backend openai --base-url URL"))
+    rows.append(("replay", EXAMPLE_REPLAY.split(":", 1)[1], "-", "yes", ""))
+    return rows
