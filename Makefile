@@ -28,9 +28,10 @@ test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev
-	$(PY) -m tests.bench_engine
-	$(PY) -m tests.bench_tools
-	$(PY) -m tests.bench_store
+	$(PY) -m benchmarks.bench_engine
+	$(PY) -m benchmarks.bench_tools
+	$(PY) -m benchmarks.bench_store
+	$(PY) -m benchmarks.bench_model
 
 examples: $(VENV)/.installed
 	$(PY) -m taco_app.examples

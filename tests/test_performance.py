@@ -2,7 +2,7 @@
 
 import statistics
 
-from .bench_engine import loop_overhead
+from benchmarks.bench_engine import loop_overhead
 
 
 def test_loop_overhead_under_5_ms_per_step():

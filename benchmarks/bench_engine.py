@@ -1,6 +1,6 @@
 """Benchmarks of the engine: the loop's own overhead per step, and OCR cold vs warm.
 
-Run with `make bench` (or `python -m tests.bench_engine`). Prints one line per figure.
+Run with `make bench` (or `python -m benchmarks.bench_engine`). Prints one line per figure.
 
 Loop overhead = wall time of a session minus the time spent inside the backend and the tools,
 divided by the number of steps: prompt building, parsing, event objects, image bookkeeping.

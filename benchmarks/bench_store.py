@@ -1,6 +1,6 @@
 """Store benchmark: the cost of logging steps, and of listing sessions from a 10,000-session store.
 
-Run as ``python -m tests.bench_store``; prints one line per figure. Uses a throw-away TACO_HOME.
+Run as ``python -m benchmarks.bench_store``; prints one line per figure. Uses a throw-away TACO_HOME.
 (a) 1,000 sessions x 10 steps of hand-built events through ``Store.record`` — no model, no tools,
 no image files — so the figure is the store's own cost (one transaction per step, as in real runs).
 (b) bulk-fills to 10,000 sessions, then times ``list_sessions`` (median of 5 runs).

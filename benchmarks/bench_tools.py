@@ -1,6 +1,6 @@
 """Cold (first call, includes loading) and warm (second call) latency of every tool on this machine.
 
-Run with `make bench` (or `python -m tests.bench_tools`). Tools whose weights come from the Hub are
+Run with `make bench` (or `python -m benchmarks.bench_tools`). Tools whose weights come from the Hub are
 measured on the tiny random checkpoints the tests build (same architectures and loaders, so the
 figures show loading and caching behaviour, not the speed of the full-size models). OCR and face
 detection use their real offline weights. Photos come from scikit-image.
@@ -99,7 +99,7 @@ def main() -> None:
     for name in ("OCR", "LocalizeObjects", "GetObjects", "EstimateRegionDepth", "DetectFaces"):
         arguments = dict(cases)[name]
         code = (
-            "import time, json, sys; from tests.bench_tools import photo, timed; from taco_app.examples import fuel_sign; "
+            "import time, json, sys; from benchmarks.bench_tools import photo, timed; from taco_app.examples import fuel_sign; "
             "from taco_app.tools import default_tools; "
             "images = {'image-0': photo('astronaut'), 'image-3': fuel_sign()}; "
             "from PIL import ImageOps; mirrored = {k: ImageOps.mirror(v) for k, v in images.items()}; "
