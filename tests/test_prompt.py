@@ -121,3 +121,11 @@ def test_parse_error_turns():
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="unknown checkpoint family"):
         build_prompt([user_request("q", [])], "llama2")
+
+
+def test_literal_image_text_never_becomes_a_placeholder():
+    turns = [user_request("What does <image> mean in this <image> tag?", ["image-0"]),
+             observation_turn({"text": "<image>"})]
+    prompt = build_prompt(turns, "mantis")
+    assert prompt.text.count("<image>") == len(prompt.image_ids) == 1
+    assert "What does <image > mean in this <image > tag?" in prompt.text and "{'text': '<image >'}" in prompt.text

@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 from taco_app.cota.registry import action_specs, prompt_data
 
 IMAGE_TOKEN = "<image>"
+LITERAL_IMAGE = "<image >"  # how the text "<image>" is written in a prompt, so it is not a placeholder
 OBSERVATION_PREFIX = "OBSERVATION:\n"
 OBSERVATION_SUFFIX = (
     "\nThe OBSERVATION can be incomplete or incorrect, so please be critical and decide how to make"
@@ -61,8 +62,12 @@ class Turn:
 
     @property
     def text(self) -> str:
-        """The turn as the model reads it, with ``<image>`` for each image."""
-        return "".join(IMAGE_TOKEN if isinstance(p, ImagePart) else p for p in self.parts)
+        """The turn as the model reads it, with ``<image>`` for each image.
+
+        A literal ``<image>`` in the text (a question, OCR of a screenshot, a model's thought) would
+        be read as one more image placeholder and break the prompt; it is written ``<image >``.
+        """
+        return "".join(IMAGE_TOKEN if isinstance(p, ImagePart) else p.replace(IMAGE_TOKEN, LITERAL_IMAGE) for p in self.parts)
 
     @property
     def image_ids(self) -> list[str]:
