@@ -269,3 +269,37 @@ def test_benchmark_runs_on_a_tiny_model(siglip_checkpoint, tmp_path):
     cached, plain = run_["step2_with_prefix_cache"], run_["step2_without_prefix_cache"]
     assert cached["prompt_tokens"] == plain["prompt_tokens"] and plain["cached_tokens"] == 0
     assert cached["prompt_tokens"] - cached["cached_tokens"] < 400 < cached["cached_tokens"]
+
+
+def test_status_follows_the_load(siglip_checkpoint):
+    be = backend(siglip_checkpoint)
+    assert be.status.state == "not loaded" and "not loaded" in be.status.summary()
+    be.load()
+    status = be.status
+    assert status.state == "ready" and status.progress == 1.0 and status.load_s > 0
+    assert status.events == ["finding the weights", "reading the config", "loading the weights (none)", "loading the processor", "ready"]
+    assert (status.device, status.dtype, status.quantisation, status.family) == ("cpu", "float32", "none", "mantis")
+    assert status.summary() == f"{siglip_checkpoint} on cpu (none, float32)"
+
+
+@pytest.mark.parametrize("raised,message", [
+    ("oom", "out of GPU memory while loading"),
+    (OSError("401 Client Error: access to model Salesforce/x is restricted (gated repo)"), "gated or private"),
+    (OSError("Failed to resolve 'huggingface.co' ([Errno -3] Temporary failure in name resolution)"), "cannot be reached"),
+])
+def test_load_failures_are_explained_and_the_app_goes_on(siglip_checkpoint, monkeypatch, raised, message):
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if raised == "oom" else raised
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", fail)
+    be = backend(siglip_checkpoint)
+    events = session(be, [Image.open(FUEL)], max_replies=0)
+    assert events[-1].status == "failed" and message in of_kind(events, ev.Error)[0].message
+    assert be.status.state == "failed" and message in be.status.message
+    monkeypatch.undo()
+    assert session(be, [Image.open(FUEL)], max_replies=0)[-1].status == "max_steps"  # fixed: the next run loads
