@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", help="fetch model weights into the Hugging Face cache for offline use")
     download.add_argument("--taco", action="store_true", help="also the TACO checkpoints (about 16 GB each)")
     download.add_argument("--only", action="append", choices=["detection", "depth", "clip"], help="just these tool models")
+    convert = sub.add_parser("convert", help="turn the original LLaVA-NeXT TACO-Qwen2 checkpoint into a transformers LLaVA-OneVision one")
+    convert.add_argument("src", metavar="SRC", help="the original checkpoint: a folder, or a Hub id in the local cache"
+                         " (e.g. Salesforce/qwen2-siglip-llava-ov-taco-7b)")
+    convert.add_argument("dst", metavar="DST", help="a new or empty folder for the converted checkpoint")
     export = sub.add_parser("export", help="export sessions as CoTA training data")
     export.add_argument("--format", choices=["cota-mantis", "cota-llava"], required=True)
     export.add_argument("--out", required=True, metavar="DIR", help="an empty folder (or pass --force)")
@@ -228,6 +232,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Progress on stderr; stdout is only the converted folder, for scripts."""
+    from taco_app.backends.convert import ConversionError, convert
+
+    try:
+        dst = convert(args.src, args.dst, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except ConversionError as err:
+        raise UsageError(str(err)) from None
+    print(dst)
+    print(f"load it with: python app.py run --backend transformers:{dst} …", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from taco_app.store.db import Store
     from taco_app.store.export import export
@@ -257,17 +274,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    print(f"`{args.command}` is not part of this build yet.", file=sys.stderr)
-    return 2
-
-
 COMMANDS = {
     "ui": cmd_ui,
     "run": cmd_run,
     "prompt": cmd_prompt,
     "doctor": cmd_doctor,
     "download": cmd_download,
+    "convert": cmd_convert,
     "export": cmd_export,
     "import": cmd_import,
 }

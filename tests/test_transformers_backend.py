@@ -303,3 +303,62 @@ def test_load_failures_are_explained_and_the_app_goes_on(siglip_checkpoint, monk
     assert be.status.state == "failed" and message in be.status.message
     monkeypatch.undo()
     assert session(be, [Image.open(FUEL)], max_replies=0)[-1].status == "max_steps"  # fixed: the next run loads
+
+
+# --- the Qwen2 checkpoint, after convert ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoint(tmp_path_factory):
+    from taco_app.backends.convert import convert
+
+    from .tiny import llava_qwen
+
+    root = tmp_path_factory.mktemp("qwen2")
+    return convert(llava_qwen.build(root / "original"), root / "converted")
+
+
+def test_converted_qwen2_runs_two_streamed_steps(qwen_checkpoint):
+    be = backend(qwen_checkpoint)
+    assert be.family == "qwen2"
+    events = session(be, [Image.open(FUEL), Image.new("RGB", (300, 900), "white")])
+    assert [s.step for s in of_kind(events, ev.StepStarted)] == [1, 2]
+    replies = [e for e in events if isinstance(e, (ev.ActionParsed, ev.ParseError))]
+    assert len(replies) == 2 and all(r.usage["output_tokens"] == 16 for r in replies)
+    assert replies[1].usage["cached_tokens"] > 0
+    assert len([e for e in of_kind(events, ev.ThoughtDelta) if e.step == 1]) > 1
+    assert events[-1].status == "max_steps"
+
+
+@pytest.mark.reference
+def test_golden_qwen2_token_sequence_has_a_newline_after_each_image(qwen_checkpoint, reference):
+    conversation = load_trace(reference / "traces" / "TACO-Qwen2-SigLIP-21.json")
+    prompt = build_prompt(conversation.until_last_user_turn(), "qwen2")
+    images = [Image.open(conversation.image_paths[i]) for i in prompt.image_ids]
+    be = backend(qwen_checkpoint)
+    ids, tensors = be.encode(prompt, images)
+    runs = be._runs(ids)
+    tokenizer = be.load().processor.tokenizer
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    assert len(runs) == 2 and all(ids[end:end + len(newline)] == newline for _start, end in runs)
+    collapsed, previous = [], None
+    for start, end in runs:
+        collapsed += ids[previous:start] + [ids[start]]
+        previous = end
+    collapsed += ids[previous:]
+    golden = (reference / "golden_prompt_qwen2_trace21_step2.txt").read_text("utf-8")
+    assert tokenizer.decode(collapsed) == golden.replace("<image>", "<image>\n")
+
+
+def test_cli_convert(tmp_path):
+    import subprocess
+    import sys
+
+    from .tiny import llava_qwen
+
+    source = llava_qwen.build(tmp_path / "original")
+    command = [sys.executable, "app.py", "convert", str(source), str(tmp_path / "converted")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "converted")
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 2 and again.stderr.startswith("error: ") and len(again.stderr.strip().splitlines()) == 1
