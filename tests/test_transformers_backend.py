@@ -79,14 +79,18 @@ def test_golden_conversation_token_sequence(siglip_checkpoint, reference):
     assert [end - start for start, end in runs] == [728, 728]
     assert tensors["pixel_values"].shape[0] == 2
     # Collapse each run back to one placeholder and decode: the reference text, after Llama-3's BOS.
+    tokenizer = be.load().processor.tokenizer
+    golden = (reference / "golden_prompt_mantis_trace125_step3.txt").read_text("utf-8")
+    assert tokenizer.decode(collapse_runs(ids, runs)) == "<|begin_of_text|>" + golden
+
+
+def collapse_runs(ids, runs):
+    """The token ids with each image's run of image tokens cut to one (which decodes as ``<image>``)."""
     collapsed, previous = [], None
     for start, end in runs:
         collapsed += ids[previous:start] + [ids[start]]
         previous = end
-    collapsed += ids[previous:]
-    tokenizer = be.load().processor.tokenizer
-    golden = (reference / "golden_prompt_mantis_trace125_step3.txt").read_text("utf-8")
-    assert tokenizer.decode(collapsed) == "<|begin_of_text|>" + golden
+    return collapsed + ids[previous:]
 
 
 # --- whole CoTA steps --------------------------------------------------------------------------------
@@ -341,13 +345,8 @@ def test_golden_qwen2_token_sequence_has_a_newline_after_each_image(qwen_checkpo
     tokenizer = be.load().processor.tokenizer
     newline = tokenizer.encode("\n", add_special_tokens=False)
     assert len(runs) == 2 and all(ids[end:end + len(newline)] == newline for _start, end in runs)
-    collapsed, previous = [], None
-    for start, end in runs:
-        collapsed += ids[previous:start] + [ids[start]]
-        previous = end
-    collapsed += ids[previous:]
     golden = (reference / "golden_prompt_qwen2_trace21_step2.txt").read_text("utf-8")
-    assert tokenizer.decode(collapsed) == golden.replace("<image>", "<image>\n")
+    assert tokenizer.decode(collapse_runs(ids, runs)) == golden.replace("<image>", "<image>\n")
 
 
 def test_cli_convert(tmp_path):
