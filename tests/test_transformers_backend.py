@@ -361,3 +361,50 @@ def test_cli_convert(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "converted")
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.startswith("error: ") and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_the_benchmark_builds_the_real_mantis_8b_shapes(tmp_path):
+    """The random-weight benchmark model has Llama-3-8B's and SigLIP so400m's parameter counts."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from .tiny import chat_tokenizer
+
+    config = mantis.config(chat_tokenizer.build(tmp_path, "mantis"), "siglip", size="real")
+    with torch.device("meta"):  # shapes only: no memory
+        model = LlavaForConditionalGeneration(config)
+    language = sum(p.numel() for p in model.model.language_model.parameters()) + model.lm_head.weight.numel()
+    vision = sum(p.numel() for p in model.model.vision_tower.parameters())
+    assert round(language / 1e9, 2) == 8.03  # Llama-3-8B-Instruct (+ the two added token rows)
+    assert 0.40e9 < vision < 0.43e9  # SigLIP so400m's vision half
+    assert config.vision_feature_select_strategy == "default" and config.vision_config.image_size == 384
+
+
+def test_a_hub_id_loads_from_the_local_cache_at_a_revision(siglip_checkpoint, tmp_path, monkeypatch):
+    """``transformers:ORG/NAME`` with ``--revision`` resolves in the Hugging Face cache, offline."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--Salesforce--tiny-taco"
+    for ref, commit in (("main", "a" * 40), ("v1", "b" * 40)):
+        shutil.copytree(siglip_checkpoint, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve("Salesforce/tiny-taco") == repo / "snapshots" / ("a" * 40)
+    assert resolve("Salesforce/tiny-taco", revision="v1") == repo / "snapshots" / ("b" * 40)
+    with pytest.raises(BackendError, match="tiny-taco@v2 are not on this machine"):
+        resolve("Salesforce/tiny-taco", revision="v2")
+    be = TransformersBackend(LoadOptions(model_id="Salesforce/tiny-taco", revision="v1", device="cpu", max_new_tokens=4))
+    events = session(be, [Image.open(FUEL)], max_replies=0)
+    assert events[0].model == "Salesforce/tiny-taco" and events[0].revision == "v1"
+    assert of_kind(events, ev.ParseError)[0].usage["output_tokens"] == 4
+
+
+def test_a_folder_under_models_is_found_by_name(siglip_checkpoint, monkeypatch, tmp_path):
+    from taco_app.backends import loading
+
+    monkeypatch.setattr(loading, "MODELS_DIR", tmp_path)
+    (tmp_path / "llama3-siglip-mantis-taco-8b").symlink_to(siglip_checkpoint)
+    assert resolve("Salesforce/llama3-siglip-mantis-taco-8b") == tmp_path / "llama3-siglip-mantis-taco-8b"

@@ -20,7 +20,8 @@ HIDDEN = 64
 # ``size="real"``: the published Mantis-8B shapes (Llama-3-8B-Instruct + SigLIP so400m/14-384), for
 # benchmarks with random weights. The tokenizer stays the tiny one; the vocabulary keeps its real size.
 REAL_TEXT = dict(vocab_size=128258, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0)
+                 num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=8192,
+                 rope_theta=500000.0, rms_norm_eps=1e-5)
 REAL_SIGLIP = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14)
 
 
