@@ -128,6 +128,26 @@ def test_truncated_image_is_a_usage_error(tmp_path):
     assert result.returncode == 2 and "cannot read image" in result.stderr
 
 
+def test_a_huge_image_is_refused_before_decoding(tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (12000, 12000)).save(huge)  # 144 megapixels, a few kB on disk
+    result = app("run", "--image", str(huge), "--question", "q", "--backend", "replay:x.json")
+    assert result.returncode == 2
+    assert "12000x12000 (144 megapixels); the limit is 64 megapixels" in result.stderr
+
+
+def test_auto_without_a_gpu_says_why_and_what_works(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    image = tmp_path / "ok.png"
+    Image.new("RGB", (8, 8)).save(image)
+    result = app("run", "--image", str(image), "--question", "q")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "no CUDA GPU here" in result.stderr and "replay:assets/examples/fuel_prices.replay.json" in result.stderr
+
+
 def test_doctor_lists_every_action():
     out = app("doctor", check=True).stdout
     for name in ("OCR", "Crop", "Calculate", "Terminate", "GetObjects"):
