@@ -1,4 +1,5 @@
-"""The project's own examples: pictures drawn here with PIL and scripted CoTA replies.
+"""The project's own examples: pictures drawn here with PIL (or shipped by a package under a free
+licence) and scripted CoTA replies.
 
 They run with no GPU through the replay backend while the tools run live, so a new user sees a
 whole chain of thought-and-action on first start.
@@ -56,6 +57,27 @@ def fuel_script(budget: float = 50, grade: str = "Regular") -> list[str]:
     ]
 
 
+def astronaut() -> Image.Image:
+    """Eileen Collins, NASA's portrait (public domain), as scikit-image ships it (512x512)."""
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+# Where OpenCV's face cascades find her face in that picture (normalised left, top, right, bottom).
+ASTRONAUT_FACE = [0.35, 0.13, 0.53, 0.31]
+
+
+def astronaut_script() -> list[str]:
+    """DetectFaces → ZoomIn on the face → Terminate: boxes and a zoom region to look at."""
+    return [
+        _step("I should find the faces in the photo first.", "DetectFaces", image="image-0"),
+        _step("There is one face. I zoom in on it to see it better.", "ZoomIn", image="image-0", bbox=ASTRONAUT_FACE, zoom_factor=2),
+        _step("The photo shows one person's face: an astronaut in a white suit, smiling.",
+              "Terminate", answer="One face: an astronaut in a white suit, smiling at the camera"),
+    ]
+
+
 @dataclass(frozen=True)
 class Example:
     name: str
@@ -74,6 +96,7 @@ class Example:
 
 EXAMPLES = (
     Example("fuel_prices", "How much gas can I buy with $50?", fuel_sign, fuel_script),
+    Example("astronaut", "How many faces are in this photo? Show me the face up close.", astronaut, astronaut_script),
 )
 
 if __name__ == "__main__":
