@@ -5,16 +5,23 @@ feed the observation back, until the model calls ``Terminate`` or the reply limi
 Errors the model caused (bad JSON, unknown action, bad arguments, a failing tool) become the turn
 TACO would have fed back and the session goes on; a broken backend ends the session with an
 ``error`` event. The loop checks ``cancel`` between chunks, so a Stop button ends it promptly.
+
+With ``review``, a person sees every parsed action before it runs (``Terminate`` included, so a
+wrong final answer can be corrected too) and may approve it, edit it or stop the session. An edited
+action is what runs, and what the model reads in its history from then on; the model's own text
+stays on :class:`events.ActionParsed`.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
@@ -40,6 +47,20 @@ from taco_app.tools import ProducedImage, Toolbox, default_tools
 from taco_app.tools.base import image_id
 
 MAX_REPLIES = 10  # replies after the first, as in TACO
+
+# review(step, action) -> the action to run (the same, or edited), or None to stop the session.
+Review = Callable[[int, dict[str, Any]], dict[str, Any] | None]
+
+
+def step_text(thought: str, action: dict[str, Any] | None) -> str:
+    """One step as a TACO checkpoint writes it: compact JSON, non-ASCII kept as is.
+
+    The released checkpoints emit ``{"thought":"…","actions":[{"name":…,"arguments":{…}}]}`` with no
+    spaces (see the reference traces), so a step written for them (a person's edit, manual mode)
+    reads like their own; ``store.export.compact`` writes corrections the same way.
+    """
+    actions = [ev.json_safe(action)] if action is not None else []
+    return json.dumps({"thought": thought, "actions": actions}, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass
@@ -89,8 +110,21 @@ def run(
     max_replies: int = MAX_REPLIES,
     cancel: threading.Event | None = None,
     session_id: str | None = None,
+    review: Review | None = None,
 ) -> Iterator[ev.Event]:
-    """Run one CoTA session and yield its events; the last one is always :class:`events.Finished`."""
+    """Run one CoTA session and yield its events; the last one is always :class:`events.Finished`.
+
+    ``review(step, action)``, when given, is called after each action is parsed and before it runs
+    (not for parse errors or an empty actions list, which have no action to review). It may block
+    while a person decides; an :class:`events.ActionReview` is yielded first, so the UI can show
+    the action and wait. It returns the action to run (a ``{"name", "arguments"}`` dict, edited or
+    not) or None to stop the session (``cancelled``). It gets a copy, so editing it in place is fine.
+    A changed action yields :class:`events.ActionEdited`. An edited action that is wrong (unknown
+    name, bad arguments) gets TACO's failed-execution turn like a model's mistake; a review that
+    raises, or returns something other than a dict or None, is a program error and propagates.
+    The review should return None when ``cancel`` is set while it waits; the loop checks ``cancel``
+    again as soon as it returns.
+    """
     from taco_app.config import Settings
 
     tools = tools or default_tools()
@@ -139,6 +173,9 @@ def run(
             finally:
                 getattr(stream, "close", lambda: None)()  # stops a generation cut short (Stop, or an error)
         except Exception as err:  # a broken backend ends the session; the person sees why
+            if cancel.is_set():  # it broke because it was stopped (e.g. manual mode's wait ended)
+                yield finish("cancelled", None, step, "Stopped while the model was replying.")
+                return
             yield ev.Error(step=step, code="backend", message=f"The model backend failed: {err}")
             yield finish("failed", None, step, str(err))
             return
@@ -158,6 +195,18 @@ def run(
         else:
             yield ev.ActionParsed(step=step, raw=raw, thought=parsed.thought, action=parsed.action, generation_s=generation_s, usage=usage)
             action = parsed.action
+            if action is not None and review is not None:
+                yield ev.ActionReview(step=step, action=action)
+                reviewed = review(step, copy.deepcopy(action))  # may block: a person is deciding
+                if reviewed is None or cancel.is_set():
+                    yield finish("cancelled", None, step, f"Stopped at the review of step {step}.")
+                    return
+                reviewed = _as_action(reviewed)
+                if reviewed != action:
+                    text = step_text(parsed.thought, reviewed)
+                    session.turns[-1] = assistant_turn(text)  # the model reads the step that ran
+                    yield ev.ActionEdited(step=step, original=action, action=reviewed, text=text)
+                    action = reviewed
             if action is None:
                 feedback = no_action_turn()
                 yield ev.Observation(step=step, action=None, observation=feedback.text,
@@ -180,11 +229,22 @@ def run(
     yield finish("max_steps", None, last_step, message)
 
 
+def _as_action(value: Any) -> dict[str, Any]:
+    """A reviewed action as ``{"name", "arguments"}``; its contents are checked when it runs."""
+    if not isinstance(value, dict):
+        raise TypeError(f"review must return an action dict or None, not {type(value).__name__}")
+    arguments = value.get("arguments")
+    return {"name": value.get("name"), "arguments": {} if arguments is None else arguments}
+
+
 def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any], language_model: Any) -> Iterator[ev.Event]:
     """Run one action; yields its events and returns the turn to feed back."""
     yield ev.ToolStarted(step=step, action=action)
     t0 = time.perf_counter()
     try:
+        # The parser guarantees this shape; a person's edit (review) may not have it.
+        if not isinstance(action["name"], str) or not isinstance(action["arguments"], dict):
+            raise TypeError('an action is {"name": "<action name>", "arguments": {...}}')
         tool = tools.get(action["name"])
         result = tool(action["arguments"], session.lookup, language_model=language_model)
     except Exception as err:  # a tool failure is the model's to handle, as in TACO

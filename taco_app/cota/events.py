@@ -95,6 +95,28 @@ class ActionParsed(Event):
 
 
 @dataclass
+class ActionReview(Event):
+    """The loop waits for a person to approve, edit or stop ``action`` before it runs (``run(review=…)``)."""
+
+    kind: ClassVar[str] = "action_review"
+    action: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ActionEdited(Event):
+    """A person changed the step's action at review: ``action`` runs instead of ``original``.
+
+    ``text`` is the step as the model reads it in its history from now on (compact TACO JSON with
+    the model's thought); the model's own output stays in the step's :class:`ActionParsed` ``raw``.
+    """
+
+    kind: ClassVar[str] = "action_edited"
+    original: dict[str, Any] = field(default_factory=dict)
+    action: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+
+@dataclass
 class ParseError(Event):
     kind: ClassVar[str] = "parse_error"
     raw: str = ""
@@ -160,7 +182,7 @@ class Finished(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
-        SessionStarted, StepStarted, ThoughtDelta, ActionParsed, ParseError, ToolStarted,
+        SessionStarted, StepStarted, ThoughtDelta, ActionParsed, ActionReview, ActionEdited, ParseError, ToolStarted,
         Observation, ImageProduced, FinalAnswer, Error, Finished,
     )
 }

@@ -17,9 +17,12 @@ from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from taco_app.cota import events as ev
-from taco_app.store.schema import SCHEMA_VERSION, Base, ImageRow, SchemaInfo, SessionRow, StepRow
+from taco_app.store.schema import SCHEMA_VERSION, Base, FeedbackRow, ImageRow, SchemaInfo, SessionRow, StepRow
 
 HOST = socket.gethostname()
+# A step a person edited before it ran: the row keeps the model's raw text and the action that ran;
+# the edit is also a step correction, so review and export see the step that produced the observation.
+EDIT_NOTE = "edited at review, before it ran"
 
 
 def _m001_create(engine: Engine) -> None:
@@ -183,6 +186,7 @@ class _Recorder:
         self.session_id: str | None = None
         self.step: dict[str, Any] | None = None
         self.images: list[ImageRow] = []
+        self.feedback: list[FeedbackRow] = []
 
     def _begin_step(self, index: int) -> dict[str, Any]:
         if self.step is None or self.step["index"] != index:
@@ -206,6 +210,13 @@ class _Recorder:
         elif isinstance(item, ev.ActionParsed):
             self._begin_step(item.step).update(raw=item.raw, thought=item.thought, action=item.action, generation_s=item.generation_s,
                                                action_name=item.action["name"] if item.action else None, **_tokens(item.usage))
+        elif isinstance(item, ev.ActionEdited):
+            step = self._begin_step(item.step)
+            name = item.action.get("name")
+            step.update(action=item.action, action_name=name[:64] if isinstance(name, str) else None)
+            self.feedback.append(FeedbackRow(
+                session_id=self.session_id, step=item.step, created_at=time.time(), note=EDIT_NOTE,
+                corrected_step={"thought": step.get("thought") or "", "actions": [item.action]}))
         elif isinstance(item, ev.ParseError):
             self._begin_step(item.step).update(raw=item.raw, parse_error_code=item.code, parse_error=item.message,
                                                observation=item.observation, generation_s=item.generation_s, **_tokens(item.usage))
@@ -228,13 +239,14 @@ class _Recorder:
         )
 
     def flush(self) -> None:
-        if self.session_id is None or (self.step is None and not self.images):
+        if self.session_id is None or (self.step is None and not self.images and not self.feedback):
             return
         with self.store._sessions.begin() as db:
             if self.step is not None:
                 db.add(StepRow(session_id=self.session_id, **self.step))
             db.add_all(self.images)
-        self.step, self.images = None, []
+            db.add_all(self.feedback)
+        self.step, self.images, self.feedback = None, [], []
 
     def _finish(self, status: str, answer: Any, message: str, total_s: float | None) -> None:
         with self.store._sessions.begin() as db:
