@@ -125,6 +125,9 @@ def test_corrections_and_filters(store, reference, tmp_path):
     assert [r["sample_id"] for r in _rows(tmp_path / "up")] == [ids[1]]
     assert export(store, tmp_path / "future", "cota-mantis", since="2999-01-01").count == 0
     assert export(store, tmp_path / "past", "cota-mantis", since="2000-01-01").count == 4
+    # A dry run counts the same sessions and writes nothing (the export tab shows this count).
+    assert export(store, None, "cota-llava", rating="up", dry_run=True).count == 1
+    assert export(store, tmp_path / "dry", "cota-mantis", dry_run=True).count == 4 and not (tmp_path / "dry").exists()
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         export(store, tmp_path / "bad", "cota-mantis", since="01/02/2024")
 

@@ -59,18 +59,20 @@ def parse_since(since: str | None) -> float | None:
     return day.replace(tzinfo=timezone.utc).timestamp()
 
 
-def export(store: Any, out_dir: str | Path, fmt: str, *, rating: str | None = None,
-           corrected_only: bool = False, since: str | None = None, force: bool = False) -> ExportResult:
+def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | None = None,
+           corrected_only: bool = False, since: str | None = None, force: bool = False, dry_run: bool = False) -> ExportResult:
+    """Write the chosen sessions to ``out_dir``; ``dry_run`` only counts them (``out_dir`` unused)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if rating is not None and rating not in RATINGS:
         raise ValueError(f"rating must be one of {', '.join(RATINGS)}, not {rating!r}")
     since_ts = parse_since(since)
-    root = Path(out_dir).resolve()
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"{root} exists and is not a folder")
-    if root.is_dir() and any(root.iterdir()) and not force:
-        raise ValueError(f"{root} is not empty; choose an empty folder or pass --force to overwrite")
+    root = Path(out_dir if out_dir is not None else ".").resolve()
+    if not dry_run:
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"{root} exists and is not a folder")
+        if root.is_dir() and any(root.iterdir()) and not force:
+            raise ValueError(f"{root} is not empty; choose an empty folder or pass --force to overwrite")
 
     sessions, feedback = _load(store, since_ts)
     # Plan everything before writing anything: a refused image path leaves DIR untouched.
@@ -101,6 +103,8 @@ def export(store: Any, out_dir: str | Path, fmt: str, *, rating: str | None = No
             continue
         rows.append(_row(fmt, session, turns, paths, notes))
 
+    if dry_run:
+        return ExportResult(count=len(rows), skipped=skipped)
     root.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     for rel, source in sorted(copies.items()):
