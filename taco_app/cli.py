@@ -27,9 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     ui = sub.add_parser("ui", help="start the web app (the default)")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=7860)
-    ui.add_argument("--share", action="store_true")
+    for target in (parser, ui):  # `python app.py --port 8000` and `python app.py ui --port 8000` alike
+        target.add_argument("--host", default=argparse.SUPPRESS, help="address to listen on (default 127.0.0.1)")
+        target.add_argument("--port", type=int, default=argparse.SUPPRESS, help="default 7860")
+        target.add_argument("--share", action="store_true", default=argparse.SUPPRESS,
+                            help="also publish a temporary public link (off by default)")
+        target.add_argument("--auth", metavar="USER:PASSWORD", default=argparse.SUPPRESS,
+                            help="require this login (or set TACO_AUTH)")
 
     run = sub.add_parser("run", help="run one session without the web app")
     run.add_argument("--image", action="append", default=[], metavar="PATH", help="an input image (repeatable)")
@@ -223,12 +227,13 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    print(
-        "The web app is not part of this build yet. Run a session from the command line, e.g.:\n"
-        "  python app.py run --image assets/examples/fuel_prices.png "
-        "--question 'How much gas can I buy with $50?' --backend replay:assets/examples/fuel_prices.replay.json",
-        file=sys.stderr,
-    )
+    from taco_app.ui.app import serve
+
+    try:
+        serve(getattr(args, "host", "127.0.0.1"), getattr(args, "port", 7860), share=getattr(args, "share", False),
+              auth=getattr(args, "auth", None))
+    except ValueError as err:  # a malformed --auth
+        raise UsageError(str(err)) from None
     return 0
 
 

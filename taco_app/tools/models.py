@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -100,6 +101,10 @@ def from_pretrained(slot: ModelSlot, cls: Any, model_id: str, **kwargs: Any) -> 
 
 
 def cuda_available() -> bool:
+    # On Linux without NVIDIA's kernel driver (nor WSL's GPU device) there is no CUDA: say so without
+    # importing torch, which costs seconds at every start of the app.
+    if sys.platform == "linux" and not (Path("/proc/driver/nvidia").exists() or Path("/dev/dxg").exists()):
+        return False
     try:
         import torch
     except ImportError:

@@ -1,0 +1,90 @@
+"""The web app: the Ask, Review, Export and Doctor tabs in one Gradio Blocks, and how it is served.
+
+It binds to 127.0.0.1 unless told otherwise; ``--share`` and basic auth are opt-in. Every browser
+session has its own live run (:mod:`taco_app.ui.live`); all of them share one store and one model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gradio as gr
+
+from taco_app import __version__
+from taco_app.config import Settings
+from taco_app.ui import ask, review
+from taco_app.ui.live import Registry
+from taco_app.ui.studio import Studio
+
+MAX_UPLOAD = "100mb"  # per file; larger photos are refused by the server before they are stored
+CSS = """
+#ask-chat .message-wrap { font-size: 0.95rem; }
+#no-model-banner { border-left: 4px solid #d97706; padding: 0.4rem 0.8rem; background: #fffbeb; }
+"""
+
+
+def doctor_table() -> list[list[str]]:
+    """The ``python app.py doctor`` tables, for the page: tools first, then backends."""
+    from taco_app.backends import doctor_rows
+    from taco_app.tools import default_tools
+
+    rows = []
+    for name, tool in default_tools().tools.items():
+        status = tool.status()
+        rows.append(["action", name, status.model, status.weights, "yes" if status.ready else "no", status.fix])
+    rows += [["backend", *row] for row in doctor_rows()]
+    return rows
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    registry = Registry()
+    with gr.Blocks(title="TACO Studio", delete_cache=(3600, 86400)) as app:
+        gr.Markdown(f"## TACO Studio <small>{__version__}</small>")
+        with gr.Tabs():
+            with gr.Tab("Ask", id="ask"):
+                ask.build(studio, registry)
+            with gr.Tab("Review", id="review", elem_id="tab-review"):
+                review.build_review(studio)
+            with gr.Tab("Export", id="export"):
+                review.build_export(studio)
+            with gr.Tab("Doctor", id="doctor"):
+                gr.Markdown("What runs on this machine, live: each action and backend, its model, and the fix for what does not.")
+                table = gr.Dataframe(headers=["kind", "name", "model", "weights here", "runs now", "fix"],
+                                     interactive=False, wrap=True, elem_id="doctor-table")
+                refresh = gr.Button("Check again")
+                refresh.click(doctor_table, None, table)
+                app.load(doctor_table, None, table)
+
+        def forget(request: gr.Request) -> None:  # the tab closed: stop its run, drop its state
+            registry.forget(request.session_hash)
+
+        app.unload(forget)
+    return app
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``user:password`` (from --auth or TACO_AUTH) as Gradio wants it; None when unset."""
+    value = value or os.environ.get("TACO_AUTH")
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth (or TACO_AUTH) must be user:password")
+    return user, password
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, auth: str | None = None,
+          block: bool = True, studio: Studio | None = None) -> Any:
+    """Start the app; returns the Blocks (with ``block=False``, for tests) after it is listening."""
+    from taco_app.store.db import Store
+
+    credentials = parse_auth(auth)
+    settings = Settings.load()
+    studio = studio or Studio(Store.open())
+    app = build_app(studio)
+    app.queue(default_concurrency_limit=None)
+    app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
+               allowed_paths=[str(settings.images_dir)], show_error=True, quiet=True, css=CSS, footer_links=[],
+               max_file_size=MAX_UPLOAD, ssr_mode=False)
+    return app

@@ -1,0 +1,221 @@
+"""The Ask tab: images and a question in, the chain of thought-and-action streamed out.
+
+The Run handler is the one streaming loop: it runs the agent, records every event in the store,
+and turns events into component updates with :mod:`taco_app.ui.render` and
+:mod:`taco_app.ui.overlays`. Stop, Approve and Submit step reach the run through its
+:class:`~taco_app.ui.live.LiveRun`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator
+
+import gradio as gr
+
+from taco_app.backends.base import BackendError
+from taco_app.cota import events as ev
+from taco_app.cota.agent import InputImage, run
+from taco_app.cota.registry import action_names
+from taco_app.media import ImageLoadError
+from taco_app.ui import overlays, render
+from taco_app.ui.live import Registry
+from taco_app.ui.studio import MANUAL, Studio
+
+STREAM_INTERVAL_S = 0.05  # at most ~20 updates a second while text streams; every other event at once
+
+
+def build(studio: Studio, registry: Registry) -> None:
+    """The Ask tab's components and events (call inside a ``gr.Tab``)."""
+    gr.Markdown(studio.status_line(), elem_id="model-status")
+    gr.Markdown(studio.banner(), visible=bool(studio.banner()), elem_id="no-model-banner")
+    with gr.Row():
+        with gr.Column(scale=5):
+            files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="ask-images")
+            preview = gr.Gallery(label="What the model will see (image-0, image-1, …)", columns=4, height=160,
+                                 elem_id="ask-preview")
+            question = gr.Textbox(label="Question", lines=2, placeholder="e.g. How much gas can I buy with $50?",
+                                  elem_id="ask-question")
+            with gr.Row():
+                choice = gr.Dropdown(studio.choices(), value=studio.default_choice(), label="Model", scale=3,
+                                     elem_id="ask-model")
+                pause = gr.Checkbox(label="Pause before each tool call", value=False, scale=2, elem_id="ask-pause")
+            with gr.Row():
+                run_button = gr.Button("Run", variant="primary", elem_id="ask-run")
+                stop_button = gr.Button("Stop", variant="stop", elem_id="ask-stop")
+            chat = gr.Chatbot(label="Chain of thought and action", height=620, elem_id="ask-chat",
+                              group_consecutive_messages=False)
+            info = gr.Markdown(elem_id="ask-info")
+            with gr.Group(visible=False, elem_id="review-panel") as review_box:
+                review_text = gr.Markdown()
+                review_name = gr.Dropdown(action_names(), label="Action", allow_custom_value=True)
+                review_args = gr.Code(label="Arguments (JSON)", language="json")
+                with gr.Row():
+                    approve = gr.Button("Run this action", variant="primary", elem_id="review-approve")
+                    reject = gr.Button("Stop here", elem_id="review-stop")
+            with gr.Group(visible=False, elem_id="manual-panel") as manual_box:
+                gr.Markdown("**Your step.** Write what the model would: a thought and one action. The tool runs live.")
+                manual_thought = gr.Textbox(label="Thought", lines=2)
+                manual_name = gr.Dropdown(action_names(), label="Action", value="OCR")
+                manual_args = gr.Code(label="Arguments (JSON)", language="json", value='{"image": "image-0"}')
+                manual_submit = gr.Button("Submit step", variant="primary", elem_id="manual-submit")
+        with gr.Column(scale=4):
+            step = gr.Dropdown(label="Step to show", choices=[], interactive=True, elem_id="overlay-step")
+            picture = gr.Image(label="What the tool saw", type="pil", interactive=False, height=420,
+                               elem_id="overlay-image")
+            caption = gr.Markdown(elem_id="overlay-caption")
+            seen = gr.Gallery(label="Every image the model saw", columns=3, height=260, elem_id="ask-seen")
+    gr.Examples(
+        [[[str(e.image)], e.question, e.label] for e in studio.examples],
+        inputs=[files, question, choice], label="Examples (a recorded TACO reply per step; the tools run live)",
+        example_labels=[e.label.removeprefix("Replay example: ").replace("_", " ") for e in studio.examples],
+    )
+
+    files.change(show_inputs, files, preview)
+    outputs = [chat, step, picture, caption, seen, info, review_box, review_text, review_name, review_args, manual_box]
+
+    def ask(paths, text, label, paused, request: gr.Request):
+        yield from run_session(studio, registry, request.session_hash, paths, text, label, paused)
+
+    run_button.click(ask, [files, question, choice, pause], outputs, api_name="ask", concurrency_limit=None)
+    question.submit(ask, [files, question, choice, pause], outputs, concurrency_limit=None)
+
+    def stop(request: gr.Request):
+        live = registry.get(request.session_hash)
+        if live is not None:
+            live.stop()
+
+    stop_button.click(stop, None, None, api_name="stop", concurrency_limit=None)
+
+    def show_step(number, request: gr.Request):
+        live = registry.get(request.session_hash)
+        if live is None or number is None:
+            return None, ""
+        image, text = overlays.render_step(live.events, int(number))
+        return image, render.escape_text(text)
+
+    step.change(show_step, step, [picture, caption], concurrency_limit=None)
+
+    def approve_action(name, arguments, request: gr.Request):
+        live = registry.get(request.session_hash)
+        try:
+            parsed = json.loads(arguments or "{}")
+        except json.JSONDecodeError as err:
+            raise gr.Error(f"The arguments are not valid JSON ({err}). Fix them, then run the action.")
+        if not isinstance(parsed, dict):
+            raise gr.Error('The arguments must be a JSON object, e.g. {"image": "image-0"}.')
+        if live is None or not live.decide({"name": name, "arguments": parsed}):
+            gr.Warning("No action is waiting for review.")
+        return gr.update(visible=False)
+
+    approve.click(approve_action, [review_name, review_args], review_box, concurrency_limit=None)
+
+    def reject_action(request: gr.Request):
+        live = registry.get(request.session_hash)
+        if live is not None:
+            live.decide(None)
+        return gr.update(visible=False)
+
+    reject.click(reject_action, None, review_box, concurrency_limit=None)
+
+    def submit_step(thought, name, arguments, request: gr.Request):
+        from taco_app.backends.manual import compose_step
+
+        live = registry.get(request.session_hash)
+        if live is None or live.manual is None or not live.manual.waiting:
+            raise gr.Error("No manual session is waiting for a step: choose the manual model and press Run.")
+        try:
+            live.manual.submit(compose_step(thought or "", name or "", arguments or ""))
+        except ValueError as err:
+            raise gr.Error(str(err))
+        return gr.update(visible=False)
+
+    manual_submit.click(submit_step, [manual_thought, manual_name, manual_args], manual_box, concurrency_limit=None)
+
+
+def show_inputs(paths: list[str] | None) -> list[tuple[str, str]]:
+    """The uploaded images with the ids the model will know them by; a bad file is named, not shown."""
+    shown = []
+    for path in paths or []:
+        try:
+            InputImage.open(path)
+        except ImageLoadError as err:
+            gr.Warning(str(err))
+            continue
+        shown.append((path, f"image-{len(shown)}"))
+    return shown
+
+
+def _inputs(paths: list[str] | None, question: str | None) -> list[InputImage]:
+    """The run's images, or gr.Error with what to fix (nothing has started yet)."""
+    if not paths:
+        raise gr.Error("Add at least one image (or pick an example below), then press Run.")
+    if not (question or "").strip():
+        raise gr.Error("Type a question about the image(s), then press Run.")
+    images = []
+    for path in paths:
+        try:
+            images.append(InputImage.open(path))
+        except ImageLoadError as err:
+            raise gr.Error(f"{err}. Remove it from the images and press Run again.")
+    return images
+
+
+def run_session(studio: Studio, registry: Registry, key: str, paths: list[str] | None, question: str | None,
+                label: str, paused: bool) -> Iterator[tuple[Any, ...]]:
+    """The Run handler: validate, then stream the session's events as component updates."""
+    images = _inputs(paths, question)
+    live = registry.start(key)
+    try:
+        backend = studio.backend(label, cancel=live.cancel)
+    except BackendError as err:
+        raise gr.Error(str(err))
+    if backend.name == "manual":
+        live.manual = backend
+    view = render.ChatView()
+    started = time.perf_counter()
+    first_update: float | None = None
+    last_yield = 0.0
+    session = run(question.strip(), images, backend, cancel=live.cancel, review=live.review if paused else None)
+    for event in studio.store.record(session):
+        live.events.append(event)
+        view.add(event)
+        streaming = isinstance(event, ev.ThoughtDelta)
+        now = time.perf_counter()
+        if streaming and now - last_yield < STREAM_INTERVAL_S:
+            continue
+        last_yield = now
+        if first_update is None:
+            first_update = now - started
+        yield _updates(studio, live, view, event, first_update)
+    yield _updates(studio, live, view, None, first_update)
+
+
+def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event | None, first_update: float | None) -> tuple[Any, ...]:
+    """One tuple for the Run handler's outputs; unchanged components are skipped."""
+    skip = gr.skip()
+    chat = view.messages()
+    step, picture, caption, seen = skip, skip, skip, skip
+    if event is None or isinstance(event, (ev.Observation, ev.ParseError, ev.SessionStarted, ev.Finished)):
+        choices = render.step_choices(live.events)
+        latest = choices[-1][1] if choices else None
+        step = gr.update(choices=choices, value=latest)
+        if latest is not None:
+            picture, text = overlays.render_step(live.events, latest)
+            caption = render.escape_text(text)
+        seen = render.images_seen(live.events)
+    review = (gr.update(visible=False), skip, skip, skip)
+    if isinstance(event, ev.ActionReview):
+        action = event.action or {}
+        review = (gr.update(visible=True), f"**Step {event.step}: the model proposes this action.** Edit it or run it as is.",
+                  gr.update(value=action.get("name")), json.dumps(action.get("arguments", {}), indent=1, ensure_ascii=False))
+    manual = gr.update(visible=isinstance(event, ev.StepStarted) and live.manual is not None)
+    finished = next((e for e in reversed(live.events) if isinstance(e, ev.Finished)), None)
+    info = skip
+    if finished is not None and event is None:
+        info = (f"Session `{finished.session_id}` · {finished.status} · {finished.steps} step(s) · {finished.total_s:.2f} s"
+                + (f" · first update after {first_update * 1000:.0f} ms" if first_update is not None else "")
+                + " · saved; open it in the Review tab.")
+    return (chat, step, picture, caption, seen, info, *review, manual)
+

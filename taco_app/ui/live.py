@@ -1,0 +1,78 @@
+"""One browser session's live run: its events, its Stop, and the hand-offs to a person.
+
+The Ask tab's Run handler consumes the agent's events in its own thread; other handlers (Stop,
+Approve, Submit step) talk to that run through a :class:`LiveRun` kept per browser session, so two
+people never see or steer each other's run. A run that waits for a person (an action to review, a
+step to write) blocks in the agent's thread; these objects are how the buttons unblock it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from taco_app.cota import events as ev
+
+REVIEW_POLL_S = 0.1  # how often a waiting review looks at Stop
+
+
+@dataclass
+class LiveRun:
+    cancel: threading.Event = field(default_factory=threading.Event)
+    events: list[ev.Event] = field(default_factory=list)
+    manual: Any = None  # the ManualBackend of a manual-mode run
+    reviewing: dict[str, Any] | None = None  # the action waiting for the person, if any
+    _decisions: "queue.Queue[dict[str, Any] | None]" = field(default_factory=queue.Queue)
+
+    def review(self, step: int, action: dict[str, Any]) -> dict[str, Any] | None:
+        """The agent's review hook: wait for Approve (maybe edited) or Stop."""
+        self.reviewing = action
+        try:
+            while not self.cancel.is_set():
+                try:
+                    return self._decisions.get(timeout=REVIEW_POLL_S)
+                except queue.Empty:
+                    continue
+            return None
+        finally:
+            self.reviewing = None
+
+    def decide(self, action: dict[str, Any] | None) -> bool:
+        """Approve (an action) or stop (None) the waiting review; False when nothing waits."""
+        if self.reviewing is None:
+            return False
+        self._decisions.put(action)
+        return True
+
+    def stop(self) -> None:
+        self.cancel.set()
+        if self.manual is not None:
+            self.manual.cancel()
+
+
+class Registry:
+    """The live run of each browser session, by Gradio's session hash."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, LiveRun] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: str) -> LiveRun:
+        with self._lock:
+            previous = self._runs.get(key)
+            if previous is not None:
+                previous.stop()  # one run per browser session: a new Run ends the old one
+            run = self._runs[key] = LiveRun()
+            return run
+
+    def get(self, key: str) -> LiveRun | None:
+        with self._lock:
+            return self._runs.get(key)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            run = self._runs.pop(key, None)
+        if run is not None:
+            run.stop()

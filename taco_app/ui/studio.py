@@ -1,0 +1,101 @@
+"""What the web app works with: the store, the model choices, and the words for what runs here.
+
+One :class:`Studio` per server process. The local TACO model (when it can run here) is one shared
+backend, loaded on first use; every other choice makes a fresh backend per run (a replay script
+plays from its start, a manual run has its own hand-off).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taco_app.backends import BackendOptions, ReplayBackend, auto_choice
+from taco_app.backends.base import Backend, BackendError
+from taco_app.examples import ASSETS, EXAMPLES
+
+LOCAL = "TACO model (local)"
+OPENAI = "OpenAI-compatible server"
+MANUAL = "Manual: write each step yourself"
+REPLAY = "Replay example: "
+
+
+@dataclass(frozen=True)
+class ExampleChoice:
+    label: str
+    image: Path
+    question: str
+    script: Path
+
+
+def examples() -> list[ExampleChoice]:
+    return [ExampleChoice(REPLAY + e.name, ASSETS / f"{e.name}.png", e.question, ASSETS / f"{e.name}.replay.json")
+            for e in EXAMPLES]
+
+
+class Studio:
+    def __init__(self, store: Any, *, local: Backend | None = None, local_reason: str = "", probe: bool = True):
+        """``probe``: look for a runnable local model now (cheap: no weights are loaded)."""
+        self.store = store
+        self.local, self.local_reason = local, local_reason
+        if local is None and probe:
+            self.local, self.local_reason = auto_choice()
+        self.examples = examples()
+
+    @property
+    def openai_configured(self) -> bool:
+        return bool(os.environ.get("TACO_OPENAI_BASE_URL") and os.environ.get("TACO_OPENAI_MODEL"))
+
+    def choices(self) -> list[str]:
+        labels = [LOCAL] if self.local is not None else []
+        if self.openai_configured:
+            labels.append(OPENAI)
+        return [*labels, *(e.label for e in self.examples), MANUAL]
+
+    def default_choice(self) -> str:
+        return self.choices()[0]
+
+    def example(self, label: str) -> ExampleChoice | None:
+        return next((e for e in self.examples if e.label == label), None)
+
+    def backend(self, label: str, *, cancel: Any = None) -> Backend:
+        """A backend for one run; BackendError says why it cannot be had."""
+        if label == LOCAL:
+            if self.local is None:
+                raise BackendError(f"no local TACO model: {self.local_reason}")
+            return self.local
+        if label == OPENAI:
+            from taco_app.backends.openai import OpenAIBackend
+
+            return OpenAIBackend.from_options(BackendOptions())
+        if label == MANUAL:
+            from taco_app.backends.manual import ManualBackend
+
+            return ManualBackend(cancel=cancel)
+        example = self.example(label)
+        if example is not None:
+            return ReplayBackend.from_file(example.script)
+        raise BackendError(f"unknown model choice {label!r}")
+
+    # --- words for the page ---------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """Which model, on what, how: the line above the Ask tab."""
+        if self.local is None:
+            return "**Model:** none loaded here. Examples replay recorded TACO replies; tools run live."
+        status = getattr(self.local, "status", None)
+        if status is None:
+            return f"**Model:** {self.local.name} · {self.local.model_id}"
+        return f"**Model:** {status.summary()}"
+
+    def banner(self) -> str:
+        """Why no model can run here and what still works ("" when the local model can run)."""
+        if self.local is not None:
+            return ""
+        return (f"**No TACO model can run on this machine:** {self.local_reason}\n\n"
+                "What still works: the examples below (a recorded TACO reply per step, every tool running live on the"
+                " picture), manual mode (you write each step, the tools run), and the Review and Export tabs."
+                + ("" if self.openai_configured else " To use a model served elsewhere, start the app with"
+                   " TACO_OPENAI_BASE_URL and TACO_OPENAI_MODEL set."))
