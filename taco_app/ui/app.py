@@ -12,7 +12,6 @@ from typing import Any
 import gradio as gr
 
 from taco_app import __version__
-from taco_app.config import Settings
 from taco_app.ui import ask, review
 from taco_app.ui.live import Registry
 from taco_app.ui.studio import Studio
@@ -80,11 +79,10 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, aut
     from taco_app.store.db import Store
 
     credentials = parse_auth(auth)
-    settings = Settings.load()
     studio = studio or Studio(Store.open())
     app = build_app(studio)
     app.queue(default_concurrency_limit=None)
     app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
-               allowed_paths=[str(settings.images_dir)], show_error=True, quiet=True, css=CSS, footer_links=[],
+               allowed_paths=[str(studio.store.images_root)], show_error=True, quiet=True, css=CSS, footer_links=[],
                max_file_size=MAX_UPLOAD, ssr_mode=False)
     return app

@@ -19,6 +19,7 @@ from taco_app.cota import events as ev
 from taco_app.cota.agent import InputImage, run
 from taco_app.cota.registry import action_names
 from taco_app.media import ImageLoadError
+from taco_app.store.files import ImageFiles
 from taco_app.ui import overlays, render
 from taco_app.ui.live import Registry
 from taco_app.ui.studio import MANUAL, Studio
@@ -177,7 +178,8 @@ def run_session(studio: Studio, registry: Registry, key: str, paths: list[str] |
     started = time.perf_counter()
     first_update: float | None = None
     last_yield = 0.0
-    session = run(question.strip(), images, backend, cancel=live.cancel, review=live.review if paused else None)
+    session = run(question.strip(), images, backend, cancel=live.cancel, review=live.review if paused else None,
+                  files=ImageFiles(studio.store.images_root))  # where the store (and the page) finds them
     for event in studio.store.record(session):
         live.events.append(event)
         view.add(event)

@@ -1,0 +1,165 @@
+"""The web app through its API: a real server on 127.0.0.1, driven by ``gradio_client``.
+
+Runs an example end to end and checks the streamed updates arrive in order and the session is in
+the store; bad input gets a clear message and the next run works; two clients never see each
+other's run; the page stays responsive while a run streams.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from taco_app.store import queries
+
+from .conftest import ROOT
+from .ui_server import running
+
+pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+FUEL = ROOT / "assets" / "examples" / "fuel_prices.png"
+FUEL_REPLAY = "Replay example: fuel_prices"
+QUESTION = "How much gas can I buy with $50?"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running(tmp_path_factory.mktemp("ui-home")) as (url, studio):
+        yield url, studio
+
+
+def ask(client, images, question=QUESTION, model=FUEL_REPLAY, pause=False):
+    """Submit a run; the list of streamed updates and the final outputs."""
+    job = client.submit([handle_file(str(p)) for p in images], question, model, pause, api_name="/ask")
+    updates = [update for update in job]
+    return updates, job.result()
+
+
+def chat_text(chat) -> str:
+    parts = []
+    for message in chat:
+        content = message["content"]
+        parts += [c.get("text", "") for c in content] if isinstance(content, list) else [str(content)]
+    return "\n".join(parts)
+
+
+def test_an_example_runs_end_to_end_and_is_stored(server):
+    url, studio = server
+    client = Client(url, verbose=False)
+    started = time.perf_counter()
+    job = client.submit([handle_file(str(FUEL))], QUESTION, FUEL_REPLAY, False, api_name="/ask")
+    updates = []
+    for update in job:
+        if not updates:
+            first = time.perf_counter() - started
+        updates.append(update)
+    final = job.result()
+    elapsed = time.perf_counter() - started
+    chats = [chat_text(u[0]) for u in updates if u[0]]
+    assert len(chats) >= 4, "the run streams several updates, not one at the end"
+    # In order: the question first, then the steps as they happen, the answer last.
+    assert "How much gas" in chats[0]
+    first_ocr = next(i for i, c in enumerate(chats) if "OCR" in c)
+    first_calc = next(i for i, c in enumerate(chats) if "Calculate" in c)
+    first_answer = next(i for i, c in enumerate(chats) if "**Answer:**" in c)
+    assert first_ocr < first_calc < first_answer
+    assert "About 14.33 gallons of regular gas" in chat_text(final[0])
+    info = final[5]
+    session_id = info.split("`")[1]
+    trace = queries.get_trace(studio.store, session_id)
+    assert trace is not None and trace.session["status"] == "finished" and len(trace.steps) == 3
+    assert [s["action_name"] for s in trace.steps] == ["OCR", "Calculate", "Terminate"]
+    print(f"example run over the API: first update {first * 1000:.0f} ms after submit (upload included),"
+          f" {len(updates)} updates in {elapsed:.2f} s")
+
+
+@pytest.mark.parametrize("images,question,message", [
+    ([], QUESTION, "Add at least one image"),
+    (["text"], QUESTION, "not an image format"),
+    (["huge"], QUESTION, "the limit is 64 megapixels"),
+    (["ok"], "   ", "Type a question"),
+])
+def test_bad_input_gets_a_clear_message_and_the_next_run_works(server, tmp_path, images, question, message):
+    url, _studio = server
+    client = Client(url, verbose=False)
+    files = {"text": tmp_path / "notes.png", "huge": tmp_path / "huge.png", "ok": FUEL}
+    (tmp_path / "notes.png").write_text("not a picture at all")
+    Image.new("1", (12000, 12000)).save(tmp_path / "huge.png")
+    with pytest.raises(Exception, match=message):
+        ask(client, [files[name] for name in images], question)
+    _updates, final = ask(client, [FUEL])
+    assert "About 14.33 gallons" in chat_text(final[0])
+
+
+def test_two_clients_never_see_each_others_run(server):
+    url, studio = server
+    results = {}
+
+    def one(name, image, model, question):
+        results[name] = ask(Client(url, verbose=False), [image], question, model)
+
+    astronaut = ROOT / "assets" / "examples" / "astronaut.png"
+    threads = [threading.Thread(target=one, args=("fuel", FUEL, FUEL_REPLAY, QUESTION)),
+               threading.Thread(target=one, args=("faces", astronaut, "Replay example: astronaut", "How many faces?"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    fuel, faces = (chat_text(results[k][1][0]) for k in ("fuel", "faces"))
+    assert "gallons" in fuel and "DetectFaces" not in fuel and "astronaut" not in fuel
+    assert "One face" in faces and "gallons" not in faces and "OCR" not in faces
+    for name in ("fuel", "faces"):
+        for update in results[name][0]:
+            text = chat_text(update[0]) if update[0] else ""
+            assert ("gallons" in text) <= (name == "fuel") and ("One face" in text) <= (name == "faces")
+
+
+def test_the_page_answers_while_a_run_streams(server):
+    import urllib.request
+
+    url, _studio = server
+    client = Client(url, verbose=False)
+    job = client.submit([handle_file(str(FUEL))], QUESTION, FUEL_REPLAY, False, api_name="/ask")
+    latencies = []
+    while not job.done():
+        started = time.perf_counter()
+        with urllib.request.urlopen(url + "config", timeout=10) as response:
+            assert response.status == 200
+        latencies.append(time.perf_counter() - started)
+        time.sleep(0.05)
+    job.result()
+    latencies.sort()
+    print(f"page requests during a run: {len(latencies)}, median {latencies[len(latencies) // 2] * 1000:.0f} ms,"
+          f" max {latencies[-1] * 1000:.0f} ms")
+    assert latencies and latencies[-1] < 2.0
+
+
+def test_pause_before_each_tool_lets_a_person_edit_the_action(server):
+    """Review over the API: the run stops at each action; approving an edited one runs the edit."""
+    url, studio = server
+    client = Client(url, verbose=False)
+    job = client.submit([handle_file(str(FUEL))], QUESTION, FUEL_REPLAY, True, api_name="/ask")
+    # The ask endpoint's session is this client's; approvals go through the same client session.
+    decisions = iter([("OCR", '{"image": "image-0"}'), ("Calculate", '{"expression": "40 / 3.49"}'),
+                      ("Terminate", '{"answer": "About 11.46 gallons"}')])
+    reviewed: set[str] = set()
+    deadline = time.monotonic() + 240
+    while not job.done() and time.monotonic() < deadline:
+        # Through the API the panel's text is output 6 (layout groups are not outputs): "Step N: …".
+        prompts = {o[6].split(":")[0] for o in job.outputs() if isinstance(o[6], str) and "proposes" in o[6]}
+        for waiting in sorted(prompts - reviewed):
+            reviewed.add(waiting)
+            name, arguments = next(decisions)
+            client.predict(name, arguments, api_name="/approve_action")
+        time.sleep(0.1)
+    final = job.result()
+    assert "About 11.46 gallons" in chat_text(final[0]) and reviewed == {"**Step 1", "**Step 2", "**Step 3"}
+    session_id = final[5].split("`")[1]
+    trace = queries.get_trace(studio.store, session_id)
+    assert trace.steps[1]["action"] == {"name": "Calculate", "arguments": {"expression": "40 / 3.49"}}
+    assert "11.46" in trace.steps[1]["observation"] and 2 in trace.corrected_steps  # the edit is on record
+

@@ -1,0 +1,40 @@
+"""A TACO Studio web server on 127.0.0.1 for the API and browser tests, started in this process."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from taco_app.store.db import Store
+from taco_app.ui.app import serve
+from taco_app.ui.studio import Studio
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(home: Path, monkeypatch=None) -> Iterator[tuple[str, Studio]]:
+    """``(url, studio)`` of a server whose data lives in ``home``; stopped on exit."""
+    import os
+
+    previous = os.environ.get("TACO_HOME")
+    os.environ["TACO_HOME"] = str(home)
+    try:
+        studio = Studio(Store.open(), probe=False, local_reason="no CUDA GPU here (test server)")
+        port = free_port()
+        app = serve("127.0.0.1", port, block=False, studio=studio)
+        try:
+            yield f"http://127.0.0.1:{port}/", studio
+        finally:
+            app.close()
+    finally:
+        if previous is None:
+            os.environ.pop("TACO_HOME", None)
+        else:
+            os.environ["TACO_HOME"] = previous
