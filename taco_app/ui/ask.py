@@ -201,11 +201,15 @@ def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event |
     step, picture, caption, seen = skip, skip, skip, skip
     if event is None or isinstance(event, (ev.Observation, ev.ParseError, ev.SessionStarted, ev.Finished)):
         choices = render.step_choices(live.events)
-        latest = choices[-1][1] if choices else None
+        latest, picture, text = None, None, ""
+        for _label, number in reversed(choices):  # the latest step with something to draw (not Terminate)
+            image, words = overlays.render_step(live.events, number)
+            if latest is None or image is not None:
+                latest, picture, text = number, image, words
+            if image is not None:
+                break
         step = gr.update(choices=choices, value=latest)
-        if latest is not None:
-            picture, text = overlays.render_step(live.events, latest)
-            caption = render.escape_text(text)
+        caption = render.escape_text(text)
         seen = render.images_seen(live.events)
     review = (gr.update(visible=False), skip, skip, skip)
     if isinstance(event, ev.ActionReview):

@@ -74,10 +74,10 @@ def build_review(studio: Studio) -> None:
             caption = gr.Markdown()
             feedback = gr.Markdown(elem_id="review-feedback")
             with gr.Row():
-                up = gr.Button("👍 Session", elem_id="rate-up")
-                down = gr.Button("👎 Session", elem_id="rate-down")
-                step_up = gr.Button("👍 Step")
-                step_down = gr.Button("👎 Step")
+                up = gr.Button("▲ Session", elem_id="rate-up")
+                down = gr.Button("▼ Session", elem_id="rate-down")
+                step_up = gr.Button("▲ Step", elem_id="rate-step-up")
+                step_down = gr.Button("▼ Step", elem_id="rate-step-down")
             answer = gr.Textbox(label="Correct the answer", lines=1)
             save_answer = gr.Button("Save answer")
             step_text = gr.Code(label="Correct the shown step (CoTA JSON)", language="json")
@@ -107,6 +107,12 @@ def build_review(studio: Studio) -> None:
         upto = last if upto is None else max(1, min(int(upto), last))
         shown = [e for e in events if e.step <= upto] if upto < last else events
         image, text = overlays.render_step(events, upto)
+        for earlier in range(upto - 1, 0, -1):  # e.g. at Terminate: show the last step that drew something
+            if image is not None:
+                break
+            found, words = overlays.render_step(events, earlier)
+            if found is not None:
+                image, text = found, f"{text}\nShowing step {earlier}: {words}"
         text = render.escape_text(text)
         corrected = trace.corrected_steps.get(upto)
         step_json = _step_json(trace, upto, corrected)

@@ -1,0 +1,152 @@
+"""The web app in a real browser: Debian's Chromium driven by Playwright, against a server on 127.0.0.1.
+
+Upload an image, run a replayed example, watch it stream, open a tool step, see the overlay, find
+the session in Review and rate it, export and download the zip. Screenshots go to
+``$TACO_SCREENSHOTS`` (the README's come from here) or the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+from .ui_server import running
+
+CHROMIUM = Path(os.environ.get("TACO_CHROMIUM", "/usr/bin/chromium"))
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")]
+playwright = pytest.importorskip("playwright.sync_api")
+
+EXAMPLES = ROOT / "assets" / "examples"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--mute-audio"]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    with running(tmp_path_factory.mktemp("browser-home")) as (url, studio):
+        yield url, studio
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("TACO_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def choose_model(page, label: str) -> None:
+    page.locator("#ask-model input").click()
+    page.get_by_role("option", name=label).click()
+
+
+def run_example(page, name: str, question: str, shots: Path | None = None):
+    clear = page.locator("#ask-images button[aria-label='Clear']")
+    if clear.count():  # the file box keeps earlier uploads: start from this image alone
+        clear.first.click()
+    page.locator("#ask-images input[type=file]").set_input_files(str(EXAMPLES / f"{name}.png"))
+    page.locator("#ask-preview").get_by_text("image-0", exact=True).wait_for(timeout=30_000)
+    page.locator("#ask-question textarea").fill(question)
+    choose_model(page, f"Replay example: {name}")
+    page.locator("#ask-run").click()
+    chat = page.locator("#ask-chat")
+    chat.get_by_text(re.compile(r"Step 1")).first.wait_for(timeout=60_000)
+    if shots is not None:
+        page.screenshot(path=str(shots / "ask-mid-run.png"), full_page=True)
+    chat.get_by_text("Answer:").wait_for(timeout=180_000)
+    return chat
+
+
+def test_ask_review_export_in_a_browser(app, browser, shots, tmp_path):
+    url, studio = app
+    page = browser.new_page(viewport={"width": 1440, "height": 1100}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.locator("#ask-run").wait_for()
+
+    chat = run_example(page, "fuel_prices", "How much gas can I buy with $50?", shots)
+    assert "About 14.33 gallons of regular gas" in chat.inner_text()
+
+    # Expand the OCR step: its observation (what the tool read) is inside.
+    chat.get_by_text(re.compile(r"Step 1 · OCR")).first.click()
+    chat.get_by_text("OBSERVATION", exact=False).first.wait_for(timeout=10_000)
+    assert "Regular" in chat.inner_text()
+
+    # The overlay follows the latest step; pick the OCR step and its picture is shown.
+    overlay = page.locator("#overlay-image img")
+    overlay.wait_for(timeout=30_000)
+    assert overlay.get_attribute("src")
+
+    # A run with boxes: DetectFaces on the astronaut, then its overlay.
+    chat = run_example(page, "astronaut", "How many faces are in this photo?")
+    page.locator("#overlay-step input").click()
+    page.get_by_role("option", name=re.compile("Step 1 · DetectFaces")).click()
+    page.locator("#overlay-caption").get_by_text("face", exact=False).first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shots / "overlay-boxes.png"), full_page=True)
+
+    # Review: find the fuel session, open it, rate it.
+    page.get_by_role("tab", name="Review").click()
+    page.locator("#review-search input, #review-search textarea").first.fill("gas")
+    page.locator("#review-refresh").click()
+    table = page.locator("#review-table")
+    table.locator("text=How much gas >> visible=true").first.click()
+    page.locator("#review-chat").get_by_text("Answer:").wait_for(timeout=30_000)
+    page.locator("#rate-up").click()
+    page.locator("#review-feedback").get_by_text("up").wait_for(timeout=10_000)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / "review.png"), full_page=True)
+    session_id = page.locator("#review-session textarea, #review-session input").first.input_value()
+    trace = __import__("taco_app.store.queries", fromlist=["get_trace"]).get_trace(studio.store, session_id)
+    assert trace.rating == "up" and trace.session["question"] == "How much gas can I buy with $50?"
+
+    # Export: the count, then a zip to download.
+    page.get_by_role("tab", name="Export").click()
+    page.get_by_label("up", exact=True).check()
+    page.locator("#export-count").get_by_text("1").wait_for(timeout=10_000)
+    page.locator("#export-run").click()
+    link = page.locator("#export-file a").first
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as download:
+        link.click()
+    target = tmp_path / "export.zip"
+    download.value.save_as(target)
+    with zipfile.ZipFile(target) as archive:
+        names = archive.namelist()
+        assert "data.jsonl" in names and "README.md" in names and any(n.startswith("images/") for n in names)
+        assert session_id in archive.read("data.jsonl").decode()
+    assert not errors, errors
+    page.close()
+
+
+def test_bad_input_in_the_page(app, browser, tmp_path):
+    url, _studio = app
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    page.locator("#ask-run").wait_for()
+    page.locator("#ask-run").click()  # no image
+    page.get_by_text("Add at least one image").first.wait_for(timeout=20_000)
+    page.locator("#ask-images input[type=file]").set_input_files(str(EXAMPLES / "fuel_prices.png"))
+    page.locator("#ask-preview").get_by_text("image-0", exact=True).wait_for(timeout=30_000)
+    page.locator("#ask-run").click()  # no question
+    page.get_by_text("Type a question").first.wait_for(timeout=20_000)
+    # Text typed by a person is shown as text, never run as HTML.
+    page.locator("#ask-question textarea").fill('<img src=x onerror="window.__pwned=1"> <b>bold?</b> How much gas?')
+    page.locator("#ask-run").click()
+    page.locator("#ask-chat").get_by_text("Answer:").wait_for(timeout=180_000)
+    assert page.evaluate("window.__pwned") is None
+    assert "<b>bold?</b>" in page.locator("#ask-chat").inner_text()
+    page.close()
