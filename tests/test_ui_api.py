@@ -42,6 +42,7 @@ def ask(client, images, question=QUESTION, model=FUEL_REPLAY, pause=False):
 def chat_text(chat) -> str:
     parts = []
     for message in chat:
+        parts.append((message.get("metadata") or {}).get("title") or "")
         content = message["content"]
         parts += [c.get("text", "") for c in content] if isinstance(content, list) else [str(content)]
     return "\n".join(parts)
@@ -163,3 +164,92 @@ def test_pause_before_each_tool_lets_a_person_edit_the_action(server):
     assert trace.steps[1]["action"] == {"name": "Calculate", "arguments": {"expression": "40 / 3.49"}}
     assert "11.46" in trace.steps[1]["observation"] and 2 in trace.corrected_steps  # the edit is on record
 
+
+
+def test_manual_mode_over_the_api(server):
+    """A person writes each step; the tools run; the trace is stored like any other."""
+    url, studio = server
+    client = Client(url, verbose=False)
+    job = client.submit([handle_file(str(FUEL))], "What is 6 times 7?", "Manual: write each step yourself", False,
+                        api_name="/ask")
+    steps = [("I can compute it.", "Calculate", '{"expression": "6*7"}'), ("It is 42.", "Terminate", '{"answer": "42"}')]
+    with pytest.raises(Exception, match="Calculator is not in the list"):  # a typo is refused, with the actions
+        _submit_when_waiting(client, job, ("x", "Calculator", "{}"))
+    for step in steps:
+        _submit_when_waiting(client, job, step)
+    final = job.result()
+    assert "**Answer:** 42" in chat_text(final[0])
+    trace = queries.get_trace(studio.store, final[5].split("`")[1])
+    assert trace.session["backend"] == "manual" and "{'result': 42}" in trace.steps[0]["observation"]
+
+
+def _submit_when_waiting(client, job, step, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return client.predict(*step, api_name="/submit_step")
+        except Exception as err:
+            if "No manual session is waiting" not in str(err):
+                raise
+        time.sleep(0.1)
+    raise TimeoutError("the manual session never asked for a step")
+
+
+def test_the_local_model_loads_with_progress_and_runs(tmp_path_factory):
+    """The "TACO model (local)" choice on a tiny checkpoint: progress while loading, then streamed steps."""
+    from taco_app.backends.loading import LoadOptions
+    from taco_app.backends.local import TransformersBackend
+    from taco_app.store.db import Store
+    from taco_app.ui.studio import LOCAL, Studio
+
+    from .tiny import mantis
+    from .ui_server import free_port
+
+    checkpoint = mantis.build(tmp_path_factory.mktemp("ui-mantis"))
+    home = tmp_path_factory.mktemp("ui-local-home")
+    import os
+
+    os.environ["TACO_HOME"] = str(home)
+    local = TransformersBackend(LoadOptions(model_id=str(checkpoint), device="cpu", max_new_tokens=8))
+    studio = Studio(Store.open(), local=local)
+    from taco_app.ui.app import serve
+
+    port = free_port()
+    app = serve("127.0.0.1", port, block=False, studio=studio)
+    try:
+        assert studio.choices()[0] == LOCAL and studio.banner() == ""
+        updates, final = ask(Client(f"http://127.0.0.1:{port}/", verbose=False), [FUEL], model=LOCAL)
+        infos = [u[5] for u in updates if isinstance(u[5], str)]
+        assert any(i.startswith("Loading the model:") for i in infos)
+        assert "max_steps" in final[5] and "Step 11" in chat_text(final[0])  # garbage text, handled to the end
+        assert local.status.state == "ready" and "on cpu (none, float32)" in studio.status_line()
+    finally:
+        app.close()
+
+
+def test_the_app_answers_http_within_seconds_of_starting(tmp_path):
+    import subprocess
+    import sys
+    import urllib.request
+
+    from .ui_server import free_port
+
+    port = free_port()
+    env = {**__import__("os").environ, "TACO_HOME": str(tmp_path)}
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while time.perf_counter() - started < 60:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    print(f"app start to first HTTP 200: {elapsed:.2f} s")
+    assert elapsed < 30, "the app did not answer"

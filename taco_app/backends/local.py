@@ -143,6 +143,10 @@ class TransformersBackend:
             self._family = family_of(config)
         return self._family
 
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
     def load(self) -> Loaded:
         with self._load_lock:
             if self._loaded is None:

@@ -9,6 +9,7 @@ and turns events into component updates with :mod:`taco_app.ui.render` and
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any, Iterator
 
@@ -29,7 +30,7 @@ STREAM_INTERVAL_S = 0.05  # at most ~20 updates a second while text streams; eve
 
 def build(studio: Studio, registry: Registry) -> None:
     """The Ask tab's components and events (call inside a ``gr.Tab``)."""
-    gr.Markdown(studio.status_line(), elem_id="model-status")
+    status = gr.Markdown(studio.status_line(), elem_id="model-status")
     gr.Markdown(studio.banner(), visible=bool(studio.banner()), elem_id="no-model-banner")
     with gr.Row():
         with gr.Column(scale=5):
@@ -79,8 +80,11 @@ def build(studio: Studio, registry: Registry) -> None:
     def ask(paths, text, label, paused, request: gr.Request):
         yield from run_session(studio, registry, request.session_hash, paths, text, label, paused)
 
-    run_button.click(ask, [files, question, choice, pause], outputs, api_name="ask", concurrency_limit=None)
-    question.submit(ask, [files, question, choice, pause], outputs, concurrency_limit=None)
+    # After a run, the status line again: a first run has loaded the model (device, memory).
+    run_button.click(ask, [files, question, choice, pause], outputs, api_name="ask", concurrency_limit=None
+                     ).then(studio.status_line, None, status, api_name=False)
+    question.submit(ask, [files, question, choice, pause], outputs, api_name=False, concurrency_limit=None
+                    ).then(studio.status_line, None, status, api_name=False)
 
     def stop(request: gr.Request):
         live = registry.get(request.session_hash)
@@ -174,6 +178,8 @@ def run_session(studio: Studio, registry: Registry, key: str, paths: list[str] |
         raise gr.Error(str(err))
     if backend.name == "manual":
         live.manual = backend
+    if getattr(backend, "loaded", True) is False:  # the local checkpoint's first use: load it, showing progress
+        yield from _load(backend)
     view = render.ChatView()
     started = time.perf_counter()
     first_update: float | None = None
@@ -192,6 +198,28 @@ def run_session(studio: Studio, registry: Registry, key: str, paths: list[str] |
             first_update = now - started
         yield _updates(studio, live, view, event, first_update)
     yield _updates(studio, live, view, None, first_update)
+
+
+def _load(backend: Any) -> Iterator[tuple[Any, ...]]:
+    """Load the checkpoint in a thread, yielding its progress as the run's info line."""
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            backend.load()
+        except BaseException as err:  # reported below, in the page
+            errors.append(err)
+
+    loader = threading.Thread(target=load, name="taco-model-load", daemon=True)
+    loader.start()
+    skip = gr.skip()
+    while loader.is_alive():
+        status = backend.status
+        bar = "█" * int(status.progress * 20) + "░" * (20 - int(status.progress * 20))
+        yield (skip,) * 5 + (f"Loading the model: `{bar}` {status.progress:.0%} · {render.escape_text(status.stage)}",) + (skip,) * 5
+        loader.join(timeout=0.25)
+    if errors:
+        raise gr.Error(f"The model could not be loaded: {errors[0]}")
 
 
 def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event | None, first_update: float | None) -> tuple[Any, ...]:
