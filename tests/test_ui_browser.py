@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -60,8 +61,11 @@ def run_example(page, name: str, question: str, shots: Path | None = None):
     page.locator("#ask-preview").get_by_text("image-0", exact=True).wait_for(timeout=30_000)
     page.locator("#ask-question textarea").fill(question)
     choose_model(page, f"Replay example: {name}")
-    page.locator("#ask-run").click()
     chat = page.locator("#ask-chat")
+    started = time.perf_counter()
+    page.locator("#ask-run").click()
+    chat.get_by_text("Images: image-0").first.wait_for(timeout=60_000)  # the run's first streamed update
+    print(f"{name}: Run click to the first update in the page: {(time.perf_counter() - started) * 1000:.0f} ms")
     chat.get_by_text(re.compile(r"Step 1")).first.wait_for(timeout=60_000)
     if shots is not None:
         page.screenshot(path=str(shots / "ask-mid-run.png"), full_page=True)
