@@ -253,3 +253,60 @@ def test_the_app_answers_http_within_seconds_of_starting(tmp_path):
         process.wait(timeout=30)
     print(f"app start to first HTTP 200: {elapsed:.2f} s")
     assert elapsed < 30, "the app did not answer"
+
+
+def test_stop_ends_a_waiting_run_as_cancelled(server):
+    url, studio = server
+    client = Client(url, verbose=False)
+    job = client.submit([handle_file(str(FUEL))], "Wait for me", "Manual: write each step yourself", False, api_name="/ask")
+    while not any(isinstance(o[0], list) and o[0] for o in job.outputs()):
+        time.sleep(0.05)
+    started = time.perf_counter()
+    client.predict(api_name="/stop")
+    final = job.result()
+    assert time.perf_counter() - started < 5 and "cancelled" in final[5]
+    assert queries.get_trace(studio.store, final[5].split("`")[1]).session["status"] == "cancelled"
+
+
+def test_review_feedback_is_validated_and_saved(server):
+    url, studio = server
+    client = Client(url, verbose=False)
+    _updates, final = ask(client, [FUEL])
+    session_id = final[5].split("`")[1]
+    with pytest.raises(Exception, match="Step 2 was not saved"):
+        client.predict(session_id, 2, '{"thought": "x", "actions": [{"name": "Calculator"}]}', api_name="/fix_step")
+    client.predict(session_id, 2, '{"thought": "Premium.", "actions": [{"name": "Calculate", "arguments":'
+                   ' {"expression": "50 / 3.89"}}]}', api_name="/fix_step")
+    client.predict(session_id, 3, "About 12.85 gallons of premium", api_name="/fix_answer")
+    summary = client.predict(session_id, 3, "premium was meant", api_name="/keep_note")
+    assert "Corrected answer:** About 12.85 gallons of premium" in summary and "premium was meant" in summary
+    trace = queries.get_trace(studio.store, session_id)
+    assert trace.corrected_steps[2]["actions"][0]["arguments"]["expression"] == "50 / 3.89"
+    assert trace.corrected_answer == "About 12.85 gallons of premium"
+    rows, total = client.predict("gallons", "finished", "any", "", 1, api_name="/search_sessions")
+    assert session_id in str(rows) and "session(s)" in total
+
+
+def test_login_is_required_when_auth_is_set(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from taco_app.store.db import Store
+    from taco_app.ui.app import parse_auth, serve
+    from taco_app.ui.studio import Studio
+
+    from .ui_server import free_port
+
+    assert parse_auth("ana:secret") == ("ana", "secret")
+    with pytest.raises(ValueError, match="user:password"):
+        parse_auth("no-colon")
+    port = free_port()
+    app = serve("127.0.0.1", port, block=False, auth="ana:secret", studio=Studio(Store.open(), probe=False))
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10)
+        assert refused.value.code in (401, 403)
+        client = Client(f"http://127.0.0.1:{port}/", auth=("ana", "secret"), verbose=False)
+        assert client.predict(api_name="/doctor_table")["data"]
+    finally:
+        app.close()

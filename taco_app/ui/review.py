@@ -90,8 +90,8 @@ def build_review(studio: Studio) -> None:
     def search_sessions(*values):
         return _table(studio, *values)
 
-    for trigger in (refresh.click, search.submit):
-        trigger(search_sessions, filters, [table, total], api_name=False)
+    refresh.click(search_sessions, filters, [table, total], api_name="search_sessions")
+    search.submit(search_sessions, filters, [table, total], api_name=False)
 
     def open_session(event: gr.SelectData, rows):
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
