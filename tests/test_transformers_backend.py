@@ -70,18 +70,23 @@ def test_processor_is_rebuilt_from_the_model_config(siglip_checkpoint, clip_chec
 @pytest.mark.reference
 def test_golden_conversation_token_sequence(siglip_checkpoint, reference):
     """The tokens fed for the golden Mantis prompt: the reference text, 728 image tokens per image."""
-    conversation = load_trace(reference / "traces" / "TACO-Llama3-SigLIP-125.json")
-    prompt = build_prompt(conversation.until_last_user_turn(), "mantis")
-    images = [Image.open(conversation.image_paths[i]) for i in prompt.image_ids]
-    be = backend(siglip_checkpoint)
-    ids, tensors = be.encode(prompt, images)
-    runs = be._runs(ids)
+    be, ids, tensors, runs = golden_tokens(siglip_checkpoint, reference / "traces" / "TACO-Llama3-SigLIP-125.json", "mantis")
     assert [end - start for start, end in runs] == [728, 728]
     assert tensors["pixel_values"].shape[0] == 2
     # Collapse each run back to one placeholder and decode: the reference text, after Llama-3's BOS.
     tokenizer = be.load().processor.tokenizer
     golden = (reference / "golden_prompt_mantis_trace125_step3.txt").read_text("utf-8")
     assert tokenizer.decode(collapse_runs(ids, runs)) == "<|begin_of_text|>" + golden
+
+
+def golden_tokens(checkpoint, trace, family):
+    """The backend, token ids, image tensors and image-token runs of a reference trace's next prompt."""
+    conversation = load_trace(trace)
+    prompt = build_prompt(conversation.until_last_user_turn(), family)
+    images = [Image.open(conversation.image_paths[i]) for i in prompt.image_ids]
+    be = backend(checkpoint)
+    ids, tensors = be.encode(prompt, images)
+    return be, ids, tensors, be._runs(ids)
 
 
 def collapse_runs(ids, runs):
@@ -336,12 +341,7 @@ def test_converted_qwen2_runs_two_streamed_steps(qwen_checkpoint):
 
 @pytest.mark.reference
 def test_golden_qwen2_token_sequence_has_a_newline_after_each_image(qwen_checkpoint, reference):
-    conversation = load_trace(reference / "traces" / "TACO-Qwen2-SigLIP-21.json")
-    prompt = build_prompt(conversation.until_last_user_turn(), "qwen2")
-    images = [Image.open(conversation.image_paths[i]) for i in prompt.image_ids]
-    be = backend(qwen_checkpoint)
-    ids, tensors = be.encode(prompt, images)
-    runs = be._runs(ids)
+    be, ids, _tensors, runs = golden_tokens(qwen_checkpoint, reference / "traces" / "TACO-Qwen2-SigLIP-21.json", "qwen2")
     tokenizer = be.load().processor.tokenizer
     newline = tokenizer.encode("\n", add_special_tokens=False)
     assert len(runs) == 2 and all(ids[end:end + len(newline)] == newline for _start, end in runs)
