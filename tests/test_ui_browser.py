@@ -7,6 +7,7 @@ the session in Review and rate it, export and download the zip. Screenshots go t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -64,12 +65,14 @@ def run_example(page, name: str, question: str, shots: Path | None = None):
     chat = page.locator("#ask-chat")
     started = time.perf_counter()
     page.locator("#ask-run").click()
-    chat.get_by_text("Images: image-0").first.wait_for(timeout=60_000)  # the run's first streamed update
+    # Wait for this run's own text: the chat still shows the previous run until the first update.
+    chat.get_by_text(question).first.wait_for(timeout=60_000)
     print(f"{name}: Run click to the first update in the page: {(time.perf_counter() - started) * 1000:.0f} ms")
     chat.get_by_text(re.compile(r"Step 1")).first.wait_for(timeout=60_000)
     if shots is not None:
         page.screenshot(path=str(shots / "ask-mid-run.png"), full_page=True)
-    chat.get_by_text("Answer:").wait_for(timeout=180_000)
+    answer = json.loads((EXAMPLES / f"{name}.replay.json").read_text())[-1]
+    chat.get_by_text(json.loads(answer)["actions"][0]["arguments"]["answer"]).wait_for(timeout=180_000)
     return chat
 
 
