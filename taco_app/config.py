@@ -23,6 +23,16 @@ class Settings:
     def images_dir(self) -> Path:
         return self.home / "images"
 
+    def ensure_home(self) -> Path:
+        """Create the data folder readable by its owner only: it holds people's photos and questions.
+
+        An existing folder is left as its owner set it.
+        """
+        if not self.home.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.home.chmod(0o700)
+        return self.home
+
     @classmethod
     def load(cls, home: str | Path | None = None, db_url: str | None = None) -> "Settings":
         root = Path(home).expanduser() if home else taco_home()

@@ -194,3 +194,11 @@ def test_cli_run_is_logged(tmp_path, taco_home):
     final = json.loads(out.splitlines()[-1])
     row = Store.open().get_session(final["session_id"])
     assert row.status == "finished" and len(row.steps) == 2
+
+
+def test_a_new_data_folder_is_private_to_its_owner(taco_home):
+    import stat
+
+    assert not taco_home.exists()
+    Store.open()
+    assert stat.S_IMODE(taco_home.stat().st_mode) == 0o700

@@ -93,6 +93,7 @@ class Store:
         from taco_app.config import Settings
 
         settings = Settings.load()
+        settings.ensure_home()
         return cls(settings.db_url, settings.images_dir)
 
     # --- schema -------------------------------------------------------------------------------
