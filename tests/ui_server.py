@@ -5,11 +5,11 @@ from __future__ import annotations
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from taco_app.store.db import Store
 from taco_app.ui.app import serve
-from taco_app.ui.studio import Studio
+from taco_app.ui.studio import ExampleChoice, Studio
 
 
 def free_port() -> int:
@@ -19,14 +19,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(home: Path, monkeypatch=None) -> Iterator[tuple[str, Studio]]:
-    """``(url, studio)`` of a server whose data lives in ``home``; stopped on exit."""
+def running(home: Path, examples: Iterable[ExampleChoice] = ()) -> Iterator[tuple[str, Studio]]:
+    """``(url, studio)`` of a server whose data lives in ``home``, with extra model choices; stopped on exit."""
     import os
 
     previous = os.environ.get("TACO_HOME")
     os.environ["TACO_HOME"] = str(home)
     try:
         studio = Studio(Store.open(), probe=False, local_reason="no CUDA GPU here (test server)")
+        studio.examples += list(examples)
         port = free_port()
         app = serve("127.0.0.1", port, block=False, studio=studio)
         try:
