@@ -6,6 +6,11 @@ Errors the model caused (bad JSON, unknown action, bad arguments, a failing tool
 TACO would have fed back and the session goes on; a broken backend ends the session with an
 ``error`` event. The loop checks ``cancel`` between chunks, so a Stop button ends it promptly.
 
+A tool runs in a worker thread with a time limit (``Tool.timeout_s``, else ``TACO_TOOL_TIMEOUT``,
+else 120 s); past it, or on Stop, the session stops waiting and discards whatever the tool returns
+later. A tool that runs out of GPU memory frees the tool models; an oversized image it makes is
+downscaled before it is stored. None of these ends the session.
+
 With ``review``, a person sees every parsed action before it runs (``Terminate`` included, so a
 wrong final answer can be corrected too) and may approve it, edit it or stop the session. An edited
 action is what runs, and what the model reads in its history from then on; the model's own text
@@ -16,6 +21,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
+import queue
 import threading
 import time
 import uuid
@@ -43,10 +51,13 @@ from taco_app.cota.prompt import (
 )
 from taco_app.media import load_image
 from taco_app.store.files import ImageFiles
-from taco_app.tools import ProducedImage, Toolbox, default_tools
+from taco_app.tools import ProducedImage, Tool, Toolbox, ToolResult, default_tools
 from taco_app.tools.base import image_id
+from taco_app.tools.imageops import MAX_SIDE
 
 MAX_REPLIES = 10  # replies after the first, as in TACO
+DEFAULT_TOOL_TIMEOUT = 120.0  # seconds a tool call may take; TACO_TOOL_TIMEOUT or a tool's timeout_s overrides it
+STOP_POLL_S = 0.05  # while a tool runs, how often the loop looks at ``cancel``
 
 # review(step, action) -> the action to run (the same, or edited), or None to stop the session.
 Review = Callable[[int, dict[str, Any]], dict[str, Any] | None]
@@ -219,7 +230,10 @@ def run(
             elif step == last_step:
                 break  # no observation would reach the model: do not run the tool
             else:
-                feedback = yield from _execute(session, tools, step, action, getattr(backend, "generate_text", None))
+                feedback = yield from _execute(session, tools, step, action, getattr(backend, "generate_text", None), cancel)
+                if feedback is None:
+                    yield finish("cancelled", None, step, f"Stopped while {action['name']} was running.")
+                    return
         if step == last_step:
             break
         session.turns.append(feedback)
@@ -237,8 +251,105 @@ def _as_action(value: Any) -> dict[str, Any]:
     return {"name": value.get("name"), "arguments": {} if arguments is None else arguments}
 
 
-def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any], language_model: Any) -> Iterator[ev.Event]:
-    """Run one action; yields its events and returns the turn to feed back."""
+def tool_timeout(tool: Tool) -> float:
+    """Seconds one call of ``tool`` may take: its own ``timeout_s``, else ``TACO_TOOL_TIMEOUT``, else 120."""
+    own = getattr(tool, "timeout_s", None)
+    if own is not None:
+        return float(own)
+    raw = os.environ.get("TACO_TOOL_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_TOOL_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"TACO_TOOL_TIMEOUT must be a positive number of seconds, got {raw!r}: fix or unset it")
+    return value
+
+
+_idle: list[queue.SimpleQueue] = []  # tool workers waiting for a call (reused: a new thread costs ~10x more)
+
+
+def _worker(jobs: queue.SimpleQueue) -> None:
+    while True:
+        jobs.get()()
+        _idle.append(jobs)  # a call abandoned by the loop rejoins only once it has ended on its own
+
+
+def _in_worker(job: Callable[[], None]) -> None:
+    try:
+        jobs = _idle.pop()
+    except IndexError:
+        jobs = queue.SimpleQueue()
+        threading.Thread(target=_worker, args=(jobs,), name="taco-tool", daemon=True).start()
+    jobs.put(job)
+
+
+def _call_tool(tool: Tool, arguments: dict[str, Any], session: Session, language_model: Any,
+               cancel: threading.Event) -> ToolResult | None:
+    """``tool(arguments)`` in a worker thread, waited on for at most :func:`tool_timeout` seconds.
+
+    Returns the result, raises what the tool raised, raises ``TimeoutError`` past the limit, or
+    returns None when ``cancel`` is set while it runs. Python cannot stop a thread: a tool that never
+    returns keeps its worker thread (a daemon, so it does not hold up exit), and whatever it holds
+    (a model lock, GPU memory), until it ends on its own. The session just stops waiting: the late
+    result is dropped, and the abandoned call can no longer read the session's images or call its
+    language model.
+    """
+    timeout = tool_timeout(tool)
+    done, abandoned = threading.Event(), threading.Event()
+    box: list[Any] = []
+
+    def lookup(image: str) -> Image.Image:
+        if abandoned.is_set():
+            raise TimeoutError(f"{tool.name} was abandoned")
+        return session.lookup(image)
+
+    def ask(text: str) -> str:
+        if abandoned.is_set():
+            raise TimeoutError(f"{tool.name} was abandoned")
+        return language_model(text)
+
+    def work() -> None:
+        try:
+            box.append(tool(arguments, lookup, language_model=ask if language_model is not None else None))
+        except BaseException as err:  # handed to the loop's thread, which decides
+            box.append(err)
+        finally:
+            done.set()
+
+    _in_worker(work)
+    deadline = time.perf_counter() + timeout
+    while not done.wait(min(STOP_POLL_S, max(0.0, deadline - time.perf_counter()))):
+        if cancel.is_set():
+            abandoned.set()
+            return None
+        if time.perf_counter() >= deadline:
+            abandoned.set()
+            raise TimeoutError(f"{tool.name} did not finish within {timeout:g} s")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """torch's ``OutOfMemoryError`` (CUDA or otherwise), known by name so this module needs no torch."""
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(error).__mro__)
+
+
+def _capped(image: Image.Image, limit: int) -> Image.Image:
+    """``image`` with no side over ``limit`` pixels, aspect kept; the same image if it fits."""
+    if max(image.size) <= limit:
+        return image
+    scale = limit / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # reducing_gap: fast on huge images
+
+
+def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any], language_model: Any,
+             cancel: threading.Event | None = None) -> Iterator[ev.Event]:
+    """Run one action; yields its events and returns the turn to feed back, or None if ``cancel`` stopped it."""
     yield ev.ToolStarted(step=step, action=action)
     t0 = time.perf_counter()
     try:
@@ -246,27 +357,44 @@ def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]
         if not isinstance(action["name"], str) or not isinstance(action["arguments"], dict):
             raise TypeError('an action is {"name": "<action name>", "arguments": {...}}')
         tool = tools.get(action["name"])
-        result = tool(action["arguments"], session.lookup, language_model=language_model)
+        result = _call_tool(tool, action["arguments"], session, language_model, cancel or threading.Event())
+        if result is None:
+            return None
     except Exception as err:  # a tool failure is the model's to handle, as in TACO
+        if _out_of_memory(err):
+            from taco_app.tools.models import MODELS
+
+            MODELS.clear()  # the tool models filled the GPU; the next call loads only what it needs
+            err = RuntimeError(f"{action['name']} ran out of GPU memory; the app freed its tool models, try again")
         feedback = failed_execution_turn(err)
         yield ev.Observation(step=step, action=action, observation=feedback.text, output=None,
                              error=describe_error(err), tool_s=round(time.perf_counter() - t0, 4))
         return feedback
     tool_s = round(time.perf_counter() - t0, 4)
 
+    # A tool's image is stored, kept in memory and fed to the model, so one with a side over ZoomIn's
+    # bound (or over the largest input's, so crops of an input stay exact) is downscaled, aspect kept,
+    # and the overlays say so. The observation text stays TACO's: the model sees an id, not a size.
+    limit = max([MAX_SIDE] + [max(info.width, info.height) for info, _ in session.images.values() if info.role == "input"])
     output: dict[str, Any] = {}
     produced: list[str] = []
+    downscaled: dict[str, list[int]] = {}
     for key, value in result.output.items():
         if isinstance(value, ProducedImage):
-            info = session.add_image(value.image, role="tool", parent=value.parent, bbox=value.bbox, step=step, action=action["name"])
+            picture = _capped(value.image, limit)
+            info = session.add_image(picture, role="tool", parent=value.parent, bbox=value.bbox, step=step, action=action["name"])
+            if picture is not value.image:
+                downscaled[info.image_id] = [value.image.width, value.image.height]
             yield ev.ImageProduced(step=step, image=info)
             produced.append(info.image_id)
             value = ImagePart(info.image_id)
         output[key] = value
     feedback = observation_turn(output)
     overlays = dict(result.overlays)
+    if downscaled:
+        overlays["downscaled_from"] = downscaled
     for name, picture in result.artifacts.items():  # for the UI only; the model never sees these
-        sha256, path = session.files.save(picture)
+        sha256, path = session.files.save(_capped(picture, limit))
         overlays.setdefault("artifacts", {})[name] = {"sha256": sha256, "path": str(path)}
     if "regions" in overlays and "image" in action["arguments"]:
         overlays.setdefault("on", image_id(action["arguments"]["image"]))

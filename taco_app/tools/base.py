@@ -62,6 +62,7 @@ class Tool:
     optional: ClassVar[dict[str, str]] = {}  # argument -> kind, may be omitted
     model_id: ClassVar[str | None] = None  # the model it runs, for `doctor`
     uses_language_model: ClassVar[bool] = False  # forward() gets `language_model=` (None if there is none)
+    timeout_s: ClassVar[float | None] = None  # the most one call may take; None: TACO_TOOL_TIMEOUT (120 s)
 
     def __init__(self) -> None:
         self._ready = False
