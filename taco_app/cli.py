@@ -102,8 +102,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from taco_app.cota.agent import InputImage, run
     from taco_app.media import ImageLoadError
 
-    if not args.question.strip():
-        raise UsageError("--question is empty: ask something about the image(s)")
+    from taco_app.cota.prompt import check_question
+
+    try:
+        args.question = check_question(args.question)
+    except ValueError as err:
+        raise UsageError(f"--question: {err}") from None
     if args.max_replies < 0:
         raise UsageError("--max-replies must be 0 or more")
     try:

@@ -218,3 +218,17 @@ def test_hostile_output_becomes_a_clear_observation_quickly(name, photo, tmp_pat
     assert events[-1].status == "finished" and events[-1].answer == "still here"
     assert elapsed < 1.0, f"{name}: {elapsed:.2f}s"
     assert not marker.exists()
+
+
+def test_a_runaway_reply_is_cut_and_the_session_goes_on(photo):
+    from taco_app.cota.agent import MAX_REPLY_CHARS
+
+    huge = '{"thought":"' + "blah " * 200_000 + '","actions":[]}'  # 1 MB in one step
+    started = time.perf_counter()
+    events = run_session([huge, terminate("still here")], [photo])
+    assert time.perf_counter() - started < 5
+    reply = of_kind(events, ev.ParseError)[0]
+    assert len(reply.raw) == MAX_REPLY_CHARS and reply.raw == huge[:MAX_REPLY_CHARS]
+    assert events[-1].status == "finished" and events[-1].answer == "still here"
+    prompt_sizes = [e.prompt_chars for e in of_kind(events, ev.StepStarted)]
+    assert prompt_sizes[1] - prompt_sizes[0] < MAX_REPLY_CHARS + 2_000  # the history holds the cut reply only

@@ -83,6 +83,7 @@ def test_an_example_runs_end_to_end_and_is_stored(server):
     (["text"], QUESTION, "not an image format"),
     (["huge"], QUESTION, "the limit is 64 megapixels"),
     (["ok"], "   ", "Type a question"),
+    (["ok"], "why? " * 20_000, "the limit is 20,000: shorten it"),
 ])
 def test_bad_input_gets_a_clear_message_and_the_next_run_works(server, tmp_path, images, question, message):
     url, _studio = server
@@ -94,6 +95,16 @@ def test_bad_input_gets_a_clear_message_and_the_next_run_works(server, tmp_path,
         ask(client, [files[name] for name in images], question)
     _updates, final = ask(client, [FUEL])
     assert "About 14.33 gallons" in chat_text(final[0])
+
+
+def test_unicode_and_markup_in_a_question_are_kept_as_text(server):
+    url, studio = server
+    question = "Combien d'essence pour 50 € ? 油价多少？ 🚗 <script>alert(1)</script> **bold** `code`"
+    _updates, final = ask(Client(url, verbose=False), [FUEL], question)
+    trace = queries.get_trace(studio.store, final[5].split("`")[1])
+    assert trace.session["question"] == question  # stored exactly as typed
+    shown = chat_text(final[0])
+    assert "油价多少" in shown and "🚗" in shown and "<script>" not in shown and "&lt;script&gt;" in shown
 
 
 def test_two_clients_never_see_each_others_run(server):

@@ -56,6 +56,10 @@ from taco_app.tools.base import image_id
 from taco_app.tools.imageops import MAX_SIDE
 
 MAX_REPLIES = 10  # replies after the first, as in TACO
+# A TACO step is a few hundred characters; 2000 tokens (TACO's cap) are under 10,000. A backend that
+# streams far more (a runaway server, a hostile replay) is cut here: the rest is never read, stored or
+# fed back to the model, whose next prompt would otherwise grow without bound.
+MAX_REPLY_CHARS = 32_000
 DEFAULT_TOOL_TIMEOUT = 120.0  # seconds a tool call may take; TACO_TOOL_TIMEOUT or a tool's timeout_s overrides it
 STOP_POLL_S = 0.05  # while a tool runs, how often the loop looks at ``cancel``
 
@@ -173,13 +177,16 @@ def run(
         try:
             stream = backend.stream(prompt, [session.images[i][1] for i in prompt.image_ids])
             try:
+                received = 0
                 for chunk in stream:
                     if isinstance(chunk, ev.Usage):
                         usage = chunk.as_dict()
                         continue
+                    chunk = chunk[: MAX_REPLY_CHARS - received]
+                    received += len(chunk)
                     pieces.append(chunk)
                     yield ev.ThoughtDelta(step=step, text=chunk)
-                    if cancel.is_set():
+                    if cancel.is_set() or received >= MAX_REPLY_CHARS:
                         break
             finally:
                 getattr(stream, "close", lambda: None)()  # stops a generation cut short (Stop, or an error)

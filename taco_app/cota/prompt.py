@@ -133,6 +133,20 @@ def system_prompt() -> str:
 # --- turns ----------------------------------------------------------------------------------------
 
 
+MAX_QUESTION_CHARS = 20_000  # a long question is fine; a pasted book would crowd out the whole context
+
+
+def check_question(question: str | None) -> str:
+    """The question as it will be asked, or ValueError saying what to change."""
+    text = (question or "").strip()
+    if not text:
+        raise ValueError("the question is empty: ask something about the image(s)")
+    if len(text) > MAX_QUESTION_CHARS:
+        raise ValueError(f"the question is {len(text):,} characters long; the limit is {MAX_QUESTION_CHARS:,}:"
+                         " shorten it")
+    return text
+
+
 def user_request(question: str, image_ids: list[str]) -> Turn:
     parts: list[Part] = ["\n# USER REQUEST #:\n"]
     for image_id in image_ids:

@@ -18,6 +18,7 @@ import gradio as gr
 from taco_app.backends.base import BackendError
 from taco_app.cota import events as ev
 from taco_app.cota.agent import InputImage, run
+from taco_app.cota.prompt import check_question
 from taco_app.cota.registry import action_names
 from taco_app.media import ImageLoadError
 from taco_app.store.files import ImageFiles
@@ -158,6 +159,10 @@ def _inputs(paths: list[str] | None, question: str | None) -> list[InputImage]:
         raise gr.Error("Add at least one image (or pick an example below), then press Run.")
     if not (question or "").strip():
         raise gr.Error("Type a question about the image(s), then press Run.")
+    try:
+        check_question(question)
+    except ValueError as err:
+        raise gr.Error(f"{str(err)[0].upper()}{str(err)[1:]}.")
     images = []
     for path in paths:
         try:
