@@ -14,6 +14,12 @@ from taco_app.cota.agent import run
 from taco_app.store.files import ImageFiles
 
 ROOT = Path(__file__).resolve().parent.parent
+# Property tests run examples(n) cases; a fuzz campaign multiplies them: TACO_FUZZ_SCALE=100 pytest -k …
+FUZZ_SCALE = max(1, int(os.environ.get("TACO_FUZZ_SCALE") or 1))
+
+
+def examples(n: int) -> int:
+    return n * FUZZ_SCALE
 REFERENCE = Path(os.environ.get("TACO_REFERENCE", ROOT.parent / "shared" / "taco-reference"))
 
 

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from taco_app.cota.parser import ParsedStep, ParseFailure, parse, partial_thought
 from taco_app.cota.traces import load_trace
 
+from .conftest import examples
+
 OCR = {"name": "OCR", "arguments": {"image": "image-0"}}
 COMPACT = '{"thought":"read it","actions":[{"name":"OCR","arguments":{"image":"image-0"}}]}'
 
@@ -101,7 +103,7 @@ def test_huge_numbers():
     assert result.action["arguments"]["expression"] == float("inf")
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text())
 def test_never_raises_on_any_text(text):
     assert isinstance(parse(text), (ParsedStep, ParseFailure))
@@ -114,7 +116,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(thought=st.text(), name=st.text(min_size=1), arguments=st.dictionaries(st.text(max_size=10), json_values, max_size=4),
        prose=st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=40), fenced=st.booleans())
 def test_round_trips_any_valid_step(thought, name, arguments, prose, fenced):
@@ -123,7 +125,7 @@ def test_round_trips_any_valid_step(thought, name, arguments, prose, fenced):
     assert parse(text) == ParsedStep(thought, {"name": name, "arguments": arguments})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(), st.integers(min_value=0, max_value=200))
 def test_partial_thought_on_any_prefix(thought, cut):
     full = json.dumps({"thought": thought, "actions": []})

@@ -5,9 +5,12 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taco_app.cota.prompt import (
     ImagePart,
+    assistant_turn,
     build_prompt,
     failed_execution_turn,
     no_action_turn,
@@ -18,7 +21,7 @@ from taco_app.cota.prompt import (
 )
 from taco_app.cota.traces import load_trace
 
-from .conftest import ROOT
+from .conftest import ROOT, examples
 
 SUFFIX = (
     "\nThe OBSERVATION can be incomplete or incorrect, so please be critical and decide how to make use of it."
@@ -129,3 +132,30 @@ def test_literal_image_text_never_becomes_a_placeholder():
     prompt = build_prompt(turns, "mantis")
     assert prompt.text.count("<image>") == len(prompt.image_ids) == 1
     assert "What does <image > mean in this <image > tag?" in prompt.text and "{'text': '<image >'}" in prompt.text
+
+
+OBSERVATION_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(question=st.text(max_size=300), images=st.integers(min_value=0, max_value=4),
+       outputs=st.lists(st.text(max_size=200), max_size=3),
+       observations=st.lists(st.dictionaries(st.text(max_size=10), OBSERVATION_VALUES, max_size=4), max_size=3),
+       family=st.sampled_from(["mantis", "qwen2"]))
+def test_prompt_building_is_deterministic_and_keeps_one_placeholder_per_image(question, images, outputs, observations, family):
+    """Any question, model output and observation: no exception, the same bytes twice, and exactly one
+    ``<image>`` per image (text can never forge a placeholder)."""
+    ids = [f"image-{k}" for k in range(images)]
+
+    def build():
+        turns = [user_request(question, ids)]
+        for raw, output in zip(outputs, observations):
+            turns += [assistant_turn(raw), observation_turn(output)]
+        return build_prompt(turns, family)
+
+    first, second = build(), build()
+    assert first == second and first.text == second.text
+    assert first.text.count("<image>") == len(first.image_ids) == images
+    assert first.text.startswith(("<|start_header_id|>", "<|im_start|>"))

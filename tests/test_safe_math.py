@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from taco_app.tools.equations import solve_equation
 from taco_app.tools.safe_math import MathError, calculate
 
+from .conftest import examples
+
 ALLOWED_ERRORS = (MathError, ZeroDivisionError)
 
 
@@ -151,7 +153,7 @@ def test_non_string_input() -> None:
 
 # --------------------------------------------------------------------------- calculate: properties
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text())
 def test_calculate_on_any_text_returns_a_number_or_a_known_error(text: str) -> None:
     try:
@@ -165,7 +167,7 @@ def test_calculate_on_any_text_returns_a_number_or_a_known_error(text: str) -> N
 MATH_TEXT = st.text(alphabet="0123456789.+-*/%^()=, eEjxpi_sqrtlogfac", max_size=40)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(MATH_TEXT)
 def test_calculate_on_math_like_text_returns_a_number_or_a_known_error(text: str) -> None:
     try:
@@ -194,7 +196,7 @@ _ARITHMETIC = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_ARITHMETIC)
 def test_calculate_agrees_with_python_eval(expression: str) -> None:
     # eval is used here only as an oracle, on strings this strategy built from numbers and operators.
@@ -329,7 +331,7 @@ def test_solve_division_by_zero() -> None:
         solve_equation("x = 1/0")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(max_size=60))
 def test_solve_on_any_text_returns_text_or_a_known_error(text: str) -> None:
     try:
@@ -338,10 +340,43 @@ def test_solve_on_any_text_returns_text_or_a_known_error(text: str) -> None:
         assert str(exc)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.text(alphabet="0123456789.+-*/^()=, xy?", max_size=30))
 def test_solve_on_equation_like_text_returns_text_or_a_known_error(text: str) -> None:
     try:
         assert isinstance(solve_equation(text), str)
     except ALLOWED_ERRORS as exc:
         assert str(exc)
+
+
+CODE_LIKE = st.one_of(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_.()[]'\"0123456789+*, =:lambda", max_size=40),
+    st.sampled_from(["__import__('os').system('id')", "open('/etc/passwd').read()", "().__class__.__bases__[0]",
+                     "[x for x in range(9)]", "lambda: 1", "exec('1')", "eval('1')", "globals()", "a.b", "f'{1}'"]),
+)
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(CODE_LIKE)
+def test_calculate_never_evaluates_anything_but_arithmetic(text: str) -> None:
+    """Whatever the text, no eval/exec/compile-to-code runs, and names, calls and attributes are refused."""
+    import builtins
+    from unittest import mock
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("calculate reached eval/exec")
+
+    real_compile = builtins.compile
+
+    def compile_ast_only(source, filename, mode, flags=0, *args, **kwargs):
+        if not flags & 0x400:  # ast.PyCF_ONLY_AST: parsing is fine, making code objects is not
+            raise AssertionError("calculate compiled code")
+        return real_compile(source, filename, mode, flags, *args, **kwargs)
+
+    with mock.patch.object(builtins, "eval", forbidden), mock.patch.object(builtins, "exec", forbidden), \
+            mock.patch.object(builtins, "compile", compile_ast_only):
+        try:
+            result = calculate(text)
+        except ALLOWED_ERRORS:
+            return
+    assert type(result) in (int, float)  # only arithmetic can come back
