@@ -114,6 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = [InputImage.open(path) for path in args.image]
     except ImageLoadError as err:
         raise UsageError(str(err)) from None
+    for k, image in enumerate(inputs):
+        for note in image.notes:  # e.g. an animation: only its first frame is used
+            print(f"note: image-{k}: {note}", file=sys.stderr)
     options = BackendOptions(family=args.family, device=args.device, quantisation=args.quantisation, revision=args.revision,
                              max_new_tokens=args.max_new_tokens, base_url=args.base_url, api_model=args.api_model)
     try:

@@ -158,3 +158,19 @@ def test_cli_refuses_bad_images_in_one_line(corpus):
         assert result.returncode == 2, (name, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and REFUSED[name] in result.stderr, (name, result.stderr)
         assert result.stdout == ""
+
+
+def test_the_person_is_told_when_only_a_first_frame_is_used(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.corpus.make_corpus import make
+
+    from .conftest import ROOT
+
+    files = make(tmp_path / "corpus")
+    script = tmp_path / "s.json"
+    script.write_text('["{\\"thought\\":\\"done\\",\\"actions\\":[{\\"name\\":\\"Terminate\\",\\"arguments\\":{\\"answer\\":\\"ok\\"}}]}"]')
+    done = subprocess.run([sys.executable, "app.py", "run", "--image", str(files["animated.gif"]), "--question", "q",
+                           "--backend", f"replay:{script}"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "note: image-0: animated.gif has 3 frames; using the first" in done.stderr

@@ -49,7 +49,7 @@ from taco_app.cota.prompt import (
     parse_error_turn,
     user_request,
 )
-from taco_app.media import load_image
+from taco_app.media import load_image_info
 from taco_app.store.files import ImageFiles
 from taco_app.tools import ProducedImage, Tool, Toolbox, ToolResult, default_tools
 from taco_app.tools.base import image_id
@@ -84,10 +84,12 @@ class InputImage:
 
     image: Image.Image
     path: Path | None = None
+    notes: tuple[str, ...] = ()  # what was done to the file, for the person (e.g. "first of 3 frames")
 
     @classmethod
     def open(cls, path: str | Path) -> "InputImage":
-        return cls(load_image(path), Path(path))
+        image, notes = load_image_info(path)
+        return cls(image, Path(path), tuple(notes))
 
 
 class Session:

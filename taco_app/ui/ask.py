@@ -145,10 +145,12 @@ def show_inputs(paths: list[str] | None) -> list[tuple[str, str]]:
     shown = []
     for path in paths or []:
         try:
-            InputImage.open(path)
+            image = InputImage.open(path)
         except ImageLoadError as err:
             gr.Warning(str(err))
             continue
+        for note in image.notes:  # e.g. an animation: only its first frame is used
+            gr.Info(f"image-{len(shown)}: {note}")
         shown.append((path, f"image-{len(shown)}"))
     return shown
 
