@@ -230,7 +230,8 @@ def _load(backend: Any) -> Iterator[tuple[Any, ...]]:
 
 
 def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event | None, first_update: float | None) -> tuple[Any, ...]:
-    """One tuple for the Run handler's outputs; unchanged components are skipped."""
+    """One tuple for the Run handler's outputs. Components that did not change are skipped: a
+    component update (a dropdown's choices, a panel's visibility) costs the server a config rebuild."""
     skip = gr.skip()
     chat = view.messages()
     step, picture, caption, seen = skip, skip, skip, skip
@@ -243,15 +244,25 @@ def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event |
                 latest, picture, text = number, image, words
             if image is not None:
                 break
-        step = gr.update(choices=choices, value=latest)
+        if (choices, latest) != live.shown_steps:
+            step = gr.update(choices=choices, value=latest)
+            live.shown_steps = (choices, latest)
         caption = render.escape_text(text)
         seen = render.images_seen(live.events)
-    review = (gr.update(visible=False), skip, skip, skip)
+    review = (skip, skip, skip, skip)
     if isinstance(event, ev.ActionReview):
         action = event.action or {}
         review = (gr.update(visible=True), f"**Step {event.step}: the model proposes this action.** Edit it or run it as is.",
                   gr.update(value=action.get("name")), json.dumps(action.get("arguments", {}), indent=1, ensure_ascii=False))
-    manual = gr.update(visible=isinstance(event, ev.StepStarted) and live.manual is not None)
+        live.panels["review"] = True
+    elif live.panels.get("review"):
+        review = (gr.update(visible=False), skip, skip, skip)
+        live.panels["review"] = False
+    manual = skip
+    wants_manual = isinstance(event, ev.StepStarted) and live.manual is not None
+    if wants_manual != live.panels.get("manual", False):
+        manual = gr.update(visible=wants_manual)
+        live.panels["manual"] = wants_manual
     finished = next((e for e in reversed(live.events) if isinstance(e, ev.Finished)), None)
     info = skip
     if finished is not None and event is None:
@@ -259,4 +270,3 @@ def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event |
                 + (f" · first update after {first_update * 1000:.0f} ms" if first_update is not None else "")
                 + " · saved; open it in the Review tab.")
     return (chat, step, picture, caption, seen, info, *review, manual)
-

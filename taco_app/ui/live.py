@@ -24,6 +24,9 @@ class LiveRun:
     events: list[ev.Event] = field(default_factory=list)
     manual: Any = None  # the ManualBackend of a manual-mode run
     reviewing: dict[str, Any] | None = None  # the action waiting for the person, if any
+    # What the page shows now, so only changes are sent: (step choices, selected step), open panels.
+    shown_steps: tuple[Any, Any] | None = None
+    panels: dict[str, bool] = field(default_factory=dict)
     _decisions: "queue.Queue[dict[str, Any] | None]" = field(default_factory=queue.Queue)
 
     def review(self, step: int, action: dict[str, Any]) -> dict[str, Any] | None:
