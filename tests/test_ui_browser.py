@@ -72,7 +72,8 @@ def run_example(page, name: str, question: str, shots: Path | None = None):
     if shots is not None:
         page.screenshot(path=str(shots / "ask-mid-run.png"), full_page=True)
     answer = json.loads((EXAMPLES / f"{name}.replay.json").read_text())[-1]
-    chat.get_by_text(json.loads(answer)["actions"][0]["arguments"]["answer"]).wait_for(timeout=180_000)
+    expected = json.loads(answer)["actions"][0]["arguments"]["answer"]
+    chat.get_by_text(re.compile(r"Answer:\s*" + re.escape(expected))).first.wait_for(timeout=180_000)
     return chat
 
 
