@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from .conftest import ROOT
-from .ui_server import free_port
+from .ui_server import free_port, submit_when_waiting
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -41,18 +41,6 @@ def start(home, port) -> subprocess.Popen:
             time.sleep(0.1)
     process.kill()
     raise TimeoutError("the app did not start")
-
-
-def submit_when_waiting(client, *step, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return client.predict(*step, api_name="/submit_step")
-        except Exception as err:
-            if "No manual session is waiting" not in str(err):
-                raise
-            time.sleep(0.1)
-    raise TimeoutError("no manual step was asked for")
 
 
 def test_kill_9_during_four_sessions_loses_no_finished_step(tmp_path):

@@ -20,6 +20,7 @@ from taco_app.tools import Tool, ToolResult, default_tools
 from taco_app.tools.base import IMAGE, ProducedImage
 
 from .conftest import of_kind
+from .test_agent import Boom
 
 pytestmark = pytest.mark.store
 
@@ -59,14 +60,6 @@ def session(store, outputs, images, tool=None, **kwargs):
     files = ImageFiles(Path(os.environ["TACO_HOME"]) / "images")
     events = list(store.record(run("q", images, ReplayBackend(outputs), tools=tools, files=files, **kwargs)))
     return events, queries.get_trace(store, events[-1].session_id)
-
-
-class Boom(Tool):
-    name = "OCR"
-    inputs = {"image": IMAGE}
-
-    def forward(self, image):
-        raise RuntimeError("the OCR engine exploded")
 
 
 class Hang(Tool):

@@ -16,7 +16,7 @@ from PIL import Image
 from taco_app.store import queries
 
 from .conftest import ROOT
-from .ui_server import running
+from .ui_server import running, submit_when_waiting
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -185,25 +185,13 @@ def test_manual_mode_over_the_api(server):
                         api_name="/ask")
     steps = [("I can compute it.", "Calculate", '{"expression": "6*7"}'), ("It is 42.", "Terminate", '{"answer": "42"}')]
     with pytest.raises(Exception, match="Calculator is not in the list"):  # a typo is refused, with the actions
-        _submit_when_waiting(client, job, ("x", "Calculator", "{}"))
+        submit_when_waiting(client, "x", "Calculator", "{}")
     for step in steps:
-        _submit_when_waiting(client, job, step)
+        submit_when_waiting(client, *step)
     final = job.result()
     assert "**Answer:** 42" in chat_text(final[0])
     trace = queries.get_trace(studio.store, final[5].split("`")[1])
     assert trace.session["backend"] == "manual" and "{'result': 42}" in trace.steps[0]["observation"]
-
-
-def _submit_when_waiting(client, job, step, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return client.predict(*step, api_name="/submit_step")
-        except Exception as err:
-            if "No manual session is waiting" not in str(err):
-                raise
-        time.sleep(0.1)
-    raise TimeoutError("the manual session never asked for a step")
 
 
 def test_the_local_model_loads_with_progress_and_runs(tmp_path_factory):

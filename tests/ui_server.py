@@ -39,3 +39,18 @@ def running(home: Path, examples: Iterable[ExampleChoice] = ()) -> Iterator[tupl
             os.environ.pop("TACO_HOME", None)
         else:
             os.environ["TACO_HOME"] = previous
+
+
+def submit_when_waiting(client, *step, timeout: float = 60):
+    """Submit a manual-mode step (thought, action, arguments) as soon as the session asks for one."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return client.predict(*step, api_name="/submit_step")
+        except Exception as err:
+            if "No manual session is waiting" not in str(err):
+                raise
+            time.sleep(0.1)
+    raise TimeoutError("no manual step was asked for")
