@@ -23,6 +23,7 @@ HOST = socket.gethostname()
 # A step a person edited before it ran: the row keeps the model's raw text and the action that ran;
 # the edit is also a step correction, so review and export see the step that produced the observation.
 EDIT_NOTE = "edited at review, before it ran"
+JSON_COLUMNS = ("action", "output", "overlays", "image_ids")
 
 
 def _m001_create(engine: Engine) -> None:
@@ -217,7 +218,7 @@ class _Recorder:
             step.update(action=item.action, action_name=name[:64] if isinstance(name, str) else None)
             self.feedback.append(FeedbackRow(
                 session_id=self.session_id, step=item.step, created_at=time.time(), note=EDIT_NOTE,
-                corrected_step={"thought": step.get("thought") or "", "actions": [item.action]}))
+                corrected_step=ev.json_safe({"thought": step.get("thought") or "", "actions": [item.action]})))
         elif isinstance(item, ev.ParseError):
             self._begin_step(item.step).update(raw=item.raw, parse_error_code=item.code, parse_error=item.message,
                                                observation=item.observation, generation_s=item.generation_s, **_tokens(item.usage))
@@ -244,7 +245,9 @@ class _Recorder:
             return
         with self.store._sessions.begin() as db:
             if self.step is not None:
-                db.add(StepRow(session_id=self.session_id, **self.step))
+                # A model can write 1e309 (infinity) into its arguments: PostgreSQL's JSON refuses it.
+                values = {k: ev.json_safe(v) if k in JSON_COLUMNS else v for k, v in self.step.items()}
+                db.add(StepRow(session_id=self.session_id, **values))
             db.add_all(self.images)
             db.add_all(self.feedback)
         self.step, self.images, self.feedback = None, [], []
