@@ -1,7 +1,6 @@
 """Tool faults never hang or crash a session: a raising, hanging, late, oversized or out-of-memory
 tool becomes an observation (or a prompt Stop), the session goes on, and the store records it all."""
 
-import json
 import os
 import threading
 import time
@@ -20,23 +19,9 @@ from taco_app.tools import Tool, ToolResult, default_tools
 from taco_app.tools.base import IMAGE, ProducedImage
 
 from .conftest import of_kind
-from .test_agent import Boom
+from .test_agent import Boom, photo, step, terminate  # noqa: F401  (photo: a fixture)
 
 pytestmark = pytest.mark.store
-
-
-def step(name=None, thought="t", **arguments):
-    actions = [{"name": name, "arguments": arguments}] if name else []
-    return json.dumps({"thought": thought, "actions": actions})
-
-
-def terminate(answer="done"):
-    return step("Terminate", answer=answer)
-
-
-@pytest.fixture
-def photo():
-    return Image.new("RGB", (200, 100), "navy")
 
 
 @pytest.fixture

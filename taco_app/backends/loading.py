@@ -134,9 +134,9 @@ def resolve(model_id: str, revision: str | None = None) -> Path | str:
         raise BackendError(f"model {model_id!r} is neither a folder with a checkpoint nor a Hugging Face id")
     if downloads_allowed():
         return model_id
-    return_hint = "python app.py download --taco" if model_id.startswith("Salesforce/") else f"huggingface-cli download {model_id}"
+    hint = "python app.py download --taco" if model_id.startswith("Salesforce/") else f"huggingface-cli download {model_id}"
     raise BackendError(
-        f"the weights of {model_id}{'@' + revision if revision else ''} are not on this machine: run `{return_hint}`"
+        f"the weights of {model_id}{'@' + revision if revision else ''} are not on this machine: run `{hint}`"
         " with internet access (or set TACO_ALLOW_DOWNLOAD=1 to fetch them on first use), or put the checkpoint"
         f" in {MODELS_DIR}/"
     )

@@ -125,7 +125,7 @@ def build_review(studio: Studio) -> None:
     previous.click(lambda s, k: load(s, (k or 1) - 1), [session_id, slider], shown_outputs)
     following.click(lambda s, k: load(s, (k or 1) + 1), [session_id, slider], shown_outputs)
 
-    def saved(identifier, upto, message):
+    def saved(identifier, message):
         gr.Info(message)
         trace = queries.get_trace(studio.store, identifier)
         return _feedback_text(trace) if trace else ""
@@ -137,7 +137,7 @@ def build_review(studio: Studio) -> None:
     def rate(identifier, upto, value, on_step):
         need(identifier)
         queries.rate(studio.store, identifier, value, step=int(upto) if on_step else None)
-        return saved(identifier, upto, f"Rated {'step ' + str(int(upto)) if on_step else 'the session'} {value}.")
+        return saved(identifier, f"Rated {'step ' + str(int(upto)) if on_step else 'the session'} {value}.")
 
     up.click(lambda s, k: rate(s, k, "up", False), [session_id, slider], feedback, api_name="rate_up")
     down.click(lambda s, k: rate(s, k, "down", False), [session_id, slider], feedback)
@@ -149,7 +149,7 @@ def build_review(studio: Studio) -> None:
         if not (text or "").strip():
             raise gr.Error("Type the answer the session should have given.")
         queries.correct_answer(studio.store, identifier, text.strip())
-        return saved(identifier, upto, "Corrected answer saved.")
+        return saved(identifier, "Corrected answer saved.")
 
     save_answer.click(fix_answer, [session_id, slider, answer], feedback)
 
@@ -159,7 +159,7 @@ def build_review(studio: Studio) -> None:
             queries.correct_step(studio.store, identifier, int(upto), text or "")
         except ValueError as err:
             raise gr.Error(f"Step {int(upto)} was not saved: {err}")
-        return saved(identifier, upto, f"Corrected step {int(upto)} saved.")
+        return saved(identifier, f"Corrected step {int(upto)} saved.")
 
     save_step.click(fix_step, [session_id, slider, step_text], feedback)
 
@@ -168,7 +168,7 @@ def build_review(studio: Studio) -> None:
         if not (text or "").strip():
             raise gr.Error("The note is empty.")
         queries.add_note(studio.store, identifier, text.strip())
-        return saved(identifier, upto, "Note saved.")
+        return saved(identifier, "Note saved.")
 
     save_note.click(keep_note, [session_id, slider, note], feedback)
 
