@@ -266,6 +266,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                         corrected_only=args.corrected_only, since=args.since, force=args.force)
     except ValueError as err:  # a non-empty folder, a bad date, a refused image path
         raise UsageError(str(err)) from None
+    except OSError as err:  # a full disk, no write permission: the earlier files are left whole
+        print(f"error: cannot write the export: {err.strerror or err} ({err.filename or args.out})", file=sys.stderr)
+        return 1
     print(f"exported {result.count} session(s) as {args.format}")
     for path in result.files:
         print(f"  {path}")

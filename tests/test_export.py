@@ -195,3 +195,82 @@ def test_the_command_line(reference, tmp_path):
     assert done.returncode == 2 and "YYYY-MM-DD" in done.stderr
     done = subprocess.run([*app, "import", str(out / "data.jsonl")], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "imported 2 session(s)" in done.stdout, done.stderr
+
+
+# --- an export replaces the files of an earlier one whole, or not at all ------------------------
+
+
+def _many_sessions(store: Store, n: int, start: int = 0) -> None:
+    """``n`` finished one-step sessions (no images), written in one transaction: an export's bulk."""
+    from taco_app.store.schema import SessionRow, StepRow
+
+    answer = json.dumps({"thought": "I can answer now.", "actions": [{"name": "Terminate", "arguments": {"answer": "42"}}]},
+                        separators=(",", ":"))
+    with store._sessions.begin() as db:
+        for k in range(start, start + n):
+            session_id = f"s{k:06d}"
+            db.add(SessionRow(id=session_id, created_at=1e9 + k, finished_at=1e9 + k, question=f"Question {k}: " + "why? " * 60,
+                              backend="replay", model="m", family="mantis", tool_versions={}, status="finished", answer="42"))
+            db.flush()
+            db.add(StepRow(session_id=session_id, index=1, raw=answer, thought="I can answer now.",
+                           action={"name": "Terminate", "arguments": {"answer": "42"}}, action_name="Terminate"))
+
+
+def _export_with_file_size_limit(tmp_path: Path, out: Path, limit: int, *, killed: bool) -> subprocess.CompletedProcess:
+    """`app.py export --force` in a child that may write at most ``limit`` bytes into any one file.
+
+    Past the limit the kernel sends SIGXFSZ. With ``killed`` the child takes the signal's default
+    action and dies at that write, as under ``kill -9``: no Python code runs after it. Without,
+    the signal stays ignored (Python's default) and the write fails with an error inside the process.
+    """
+    import resource
+    import signal
+
+    script = ("import signal, sys\n"
+              + ("signal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n" if killed else "")
+              + "from taco_app.cli import main\n"
+              + f"sys.exit(main(['export', '--format', 'cota-mantis', '--force', '--out', {str(out)!r}]))\n")
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    assert signal.SIGXFSZ
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ}, capture_output=True, text=True,
+                          preexec_fn=limit_file_size, timeout=120)
+
+
+@pytest.fixture
+def earlier_export(store, tmp_path) -> tuple[Path, dict[str, bytes]]:
+    """An export of 500 sessions, then 2,500 more sessions in the store: the next export is larger."""
+    _many_sessions(store, 500)
+    out = tmp_path / "out"
+    assert export(store, out, "cota-mantis").count == 500
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _many_sessions(store, 2500, start=500)
+    return out, before
+
+
+def test_an_export_killed_mid_write_leaves_the_earlier_files_whole(earlier_export, tmp_path):
+    import signal
+
+    out, before = earlier_export
+    limit = len(before["data.jsonl"]) * 2  # above the old data.jsonl and the card, below the new data.jsonl
+    done = _export_with_file_size_limit(tmp_path, out, limit, killed=True)
+    assert done.returncode == -signal.SIGXFSZ, done.stderr  # it really died in the middle of a write
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.endswith(".tmp")}
+    assert after == before  # the complete old files, never a cut one
+
+    done = subprocess.run([sys.executable, "-c", "import sys; from taco_app.cli import main; "
+                           f"sys.exit(main(['export', '--format', 'cota-mantis', '--force', '--out', {str(out)!r}]))"],
+                          cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(_rows(out)) == 3000  # and the next export replaces them whole
+
+
+def test_an_export_that_fails_mid_write_keeps_the_earlier_files_and_leaves_no_temp_file(earlier_export, tmp_path):
+    out, before = earlier_export
+    done = _export_with_file_size_limit(tmp_path, out, len(before["data.jsonl"]) * 2, killed=False)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error:") and "data.jsonl" in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp file left beside them

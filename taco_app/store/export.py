@@ -4,6 +4,8 @@ Each finished session is rebuilt in TACO's turn format from its rows (people's c
 applied), its images are copied by content into ``DIR/images/<sha256>.<ext>``, and the rows go to
 ``DIR/data.jsonl`` with a short dataset card in ``DIR/README.md``. The output carries no timestamps
 and sessions are ordered by (created_at, id), so the same database always gives the same bytes.
+Every file is written to a temp name beside it and renamed into place, so each one is whole: the
+new one, or the one it replaces.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy.orm import selectinload
 
 from taco_app.cota.parser import ParsedStep, parse
 from taco_app.cota.prompt import IMAGE_TOKEN, assistant_turn, user_request
-from taco_app.store.files import write_atomic
+from taco_app.store.files import atomic_writer, write_atomic
 from taco_app.store.queries import LatestFeedback
 from taco_app.store.schema import FeedbackRow, ImageRow, SessionRow
 
@@ -111,10 +113,21 @@ def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | No
         target = _inside(root, rel)
         if not target.exists():
             write_atomic(target, source.read_bytes())
-    data = _inside(root, "data.jsonl")
-    data.write_bytes("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8"))
-    card = _inside(root, "README.md")
-    card.write_text(_card(fmt, len(rows), len(copies), rating, corrected_only, since), encoding="utf-8", newline="\n")
+    data, card = _inside(root, "data.jsonl"), _inside(root, "README.md")
+    # Each file is written under a temp name and renamed into place, so a crash or a full disk
+    # leaves an earlier export's files whole (a --force export into it). Both are written before
+    # either is renamed: the window where the card and the data disagree is two renames long.
+    writing = data
+    try:
+        with atomic_writer(card, durable=True) as card_file, atomic_writer(data, durable=True) as data_file:
+            for r in rows:  # streamed: an export of many sessions is never one string in memory
+                data_file.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+            writing = card
+            card_file.write(_card(fmt, len(rows), len(copies), rating, corrected_only, since).encode("utf-8"))
+    except OSError as err:
+        if err.filename is None:  # a failed write() names no file: say which one, for the message
+            err.filename = str(writing)
+        raise
     files += [data, card]
     return ExportResult(count=len(rows), files=files, skipped=skipped)
 

@@ -6,17 +6,41 @@ import hashlib
 import io
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from PIL import Image
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that it appears whole or not at all, even with several writers at once."""
+@contextmanager
+def atomic_writer(path: Path, *, durable: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to stream into that appears under ``path`` whole, or not at all.
+
+    The bytes go to a unique temp file beside ``path`` (the same folder, so the same filesystem
+    and an atomic rename), which replaces ``path`` only when the block ends without an error and
+    is removed when it raises. A process killed mid-write leaves ``path`` as it was, plus a stray
+    ``<name>.<hex>.tmp``. ``durable`` also flushes the bytes to disk before the rename, so a power
+    cut cannot leave the new name on an empty file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique: threads may write the same file
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # atomic: a crash never leaves half a file under the final name
+    try:
+        with open(tmp, "xb") as file:
+            yield file
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(tmp, path)  # atomic: a crash never leaves half a file under the final name
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file so that it appears whole or not at all, even with several writers at once."""
+    with atomic_writer(path) as file:
+        file.write(data)
 
 
 class ImageFiles:
