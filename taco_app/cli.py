@@ -278,15 +278,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    """Each bad file or row is skipped with a line on stderr saying why; the rest are imported."""
     from taco_app.store.db import Store
-    from taco_app.store.importer import import_paths
+    from taco_app.store.importer import check_paths, import_paths
 
     try:
-        count = import_paths(Store.open(), args.paths)
-    except (ValueError, OSError) as err:  # TraceFormatError is a ValueError
+        paths = check_paths(args.paths)  # a path that is missing or a FIFO: refused before anything is stored
+    except ValueError as err:  # TraceFormatError is a ValueError
         raise UsageError(str(err)) from None
-    print(f"imported {count} session(s)")
-    return 0
+    try:
+        report = import_paths(Store.open(), paths)
+    except OSError as err:  # the images folder cannot be written (a full disk): what is stored is whole
+        print(f"error: cannot store the imported images: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    for line in report.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    return 1 if report.skipped else 0
 
 
 COMMANDS = {

@@ -2,15 +2,18 @@
 
 Every upload is untrusted: whatever the file holds, ``load_image_info`` returns an upright RGB
 image or raises ``ImageLoadError`` with a message for a person, and never decodes more pixels
-than the limit allows.
+than the limit allows. ``identify_image`` applies the same checks to bytes already read (an import).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -59,10 +62,8 @@ def load_image_info(path: str | Path) -> tuple[Image.Image, list[str]]:
         raise ImageLoadError(f"image not found: {path}")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"image {path} is empty (0 bytes): upload it again")
-    limit = max_pixels()
-    # Raised with TACO_MAX_IMAGE_PIXELS, our limit must not be undercut by Pillow's.
-    Image.MAX_IMAGE_PIXELS = max(_PILLOW_DEFAULT_LIMIT, limit)
-    try:
+    limit = _pixel_limit()
+    with _load_errors(path, limit, lambda: _head(path)):
         with Image.open(path, formats=FORMATS) as img:
             _check_size(path, img.size, limit)
             img.load()
@@ -70,6 +71,37 @@ def load_image_info(path: str | Path) -> tuple[Image.Image, list[str]]:
             upright, note = _upright(path, img)
             notes += note
             return to_rgb(upright), notes
+
+
+def identify_image(data: bytes, name: str) -> tuple[str, tuple[int, int]]:
+    """Decode image bytes whole, with the checks of ``load_image_info``: Pillow's format and the size.
+
+    For bytes read once and then kept as they are (an import stores the original file): proof that
+    they are an image this app can open, before they are stored. Raises ``ImageLoadError`` only.
+    """
+    path = Path(name)
+    if not data:
+        raise ImageLoadError(f"image {path.name} is empty (0 bytes)")
+    limit = _pixel_limit()
+    with _load_errors(path, limit, lambda: data[:32]):
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            _check_size(path, img.size, limit)
+            img.load()
+            return str(img.format), img.size
+
+
+def _pixel_limit() -> int:
+    limit = max_pixels()
+    # Raised with TACO_MAX_IMAGE_PIXELS, our limit must not be undercut by Pillow's.
+    Image.MAX_IMAGE_PIXELS = max(_PILLOW_DEFAULT_LIMIT, limit)
+    return limit
+
+
+@contextmanager
+def _load_errors(path: Path, limit: int, head: Callable[[], bytes]) -> Iterator[None]:
+    """Turn whatever opening an image raises into an ``ImageLoadError`` that says why, for a person."""
+    try:
+        yield
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as err:
@@ -78,7 +110,7 @@ def load_image_info(path: str | Path) -> tuple[Image.Image, list[str]]:
         raise ImageLoadError(f"image {path.name} is too large to open safely{size}; the limit is {limit / 1e6:.0f}"
                              " megapixels: resize it (or raise TACO_MAX_IMAGE_PIXELS)") from err
     except UnidentifiedImageError as err:
-        raise ImageLoadError(f"{path} is {_known_kind(path)}not an image format this app can read ({FORMAT_NAMES})") from err
+        raise ImageLoadError(f"{path} is {_known_kind(head())}not an image format this app can read ({FORMAT_NAMES})") from err
     except MemoryError as err:
         raise ImageLoadError(f"image {path.name} is too large to open with the memory left: resize it") from err
     except Exception as err:  # a decoder's failure on a bad file is the file's fault, not ours
@@ -141,13 +173,16 @@ def _to_8bit_grey(img: Image.Image) -> Image.Image:
     return grey
 
 
-def _known_kind(path: Path) -> str:
-    """Name a common format Pillow cannot read, so the person knows what to convert."""
+def _head(path: Path) -> bytes:
     try:
         with open(path, "rb") as file:
-            head = file.read(32)
+            return file.read(32)
     except OSError:
-        return ""
+        return b""
+
+
+def _known_kind(head: bytes) -> str:
+    """Name a common format Pillow cannot read (from a file's first bytes), so the person knows what to convert."""
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
