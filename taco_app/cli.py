@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -84,11 +85,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.db:
         os.environ["TACO_DB_URL"] = args.db
     command = args.command or "ui"
+    if command != "ui":  # a command's failure is its one line on stderr; the web app logs details instead
+        logging.getLogger("taco_app").addHandler(logging.NullHandler())
+    from taco_app.config import SettingsError
+    from taco_app.store.db import StoreError
+
     try:
         return COMMANDS[command](args)
-    except UsageError as err:
+    except (UsageError, SettingsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StoreError as err:  # the database is unreachable, locked, full or gone: not the caller's mistake
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -127,11 +136,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from taco_app.store.db import Store
 
     store = Store.open()
+    # A model can write text that is not valid UTF-8 (a lone surrogate): shown escaped, never a crash.
+    sys.stdout.reconfigure(errors="backslashreplace")
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # Ctrl-C stops the session cleanly
+    saved = True
     try:
         session = run(args.question, inputs, backend, max_replies=args.max_replies, cancel=cancel)
         for event in store.record(session):
+            saved = saved and not (isinstance(event, ev.Error) and event.code == "store")
             if args.json:
                 sys.stdout.write(ev.to_json(event) + "\n")
                 sys.stdout.flush()
@@ -139,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _print_human(event)
     finally:
         signal.signal(signal.SIGINT, previous)
-    return 0
+    return 0 if saved else 1
 
 
 def _print_human(event) -> None:

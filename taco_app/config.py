@@ -14,14 +14,41 @@ def taco_home() -> Path:
     return Path(os.environ.get("TACO_HOME") or Path.home() / ".taco").expanduser()
 
 
+class SettingsError(ValueError):
+    """A ``TACO_*`` variable holds a value that cannot be used; the message names it."""
+
+
+DEFAULT_DB_TIMEOUT = 30.0  # seconds: SQLite's wait for a lock; PostgreSQL's connect and statement limits
+
+
+def db_timeout() -> float:
+    """``TACO_DB_TIMEOUT`` in seconds (default 30); a bad value stops the command with its name."""
+    raw = os.environ.get("TACO_DB_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_DB_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86_400:
+        raise SettingsError(f"TACO_DB_TIMEOUT must be a number of seconds between 0 and 86400, got {raw!r}: fix or unset it")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
     db_url: str
+    db_timeout: float = DEFAULT_DB_TIMEOUT
 
     @property
     def images_dir(self) -> Path:
         return self.home / "images"
+
+    @property
+    def temp_dir(self) -> Path:
+        """The web app's temporary files: one folder per running instance, removed when it stops."""
+        return self.home / "tmp"
 
     def ensure_home(self) -> Path:
         """Create the data folder readable by its owner only: it holds people's photos and questions.
@@ -37,4 +64,4 @@ class Settings:
     def load(cls, home: str | Path | None = None, db_url: str | None = None) -> "Settings":
         root = Path(home).expanduser() if home else taco_home()
         url = db_url or os.environ.get("TACO_DB_URL") or f"sqlite:///{root / 'taco.db'}"
-        return cls(home=root, db_url=url)
+        return cls(home=root, db_url=url, db_timeout=db_timeout())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -189,22 +190,37 @@ EVENT_TYPES: dict[str, type[Event]] = {
 
 
 def json_safe(value: Any) -> Any:
-    """A JSON-encodable copy: non-finite floats and unknown objects become strings."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return str(value)
+    """A JSON-encodable copy: non-finite floats and unknown objects become strings, dataclasses dicts.
+
+    Iterative, so a model's arguments nested however deep never reach Python's recursion limit.
+    """
+    root: list[Any] = [None]
+    pending: list[tuple[Any, Any, Any]] = [(value, root, 0)]  # (value, where its copy goes, key there)
+    while pending:
+        item, parent, key = pending.pop()
+        if isinstance(item, float):
+            copy: Any = item if math.isfinite(item) else repr(item)
+        elif item is None or isinstance(item, (str, int, bool)):
+            copy = item
+        elif isinstance(item, dict) or (dataclasses.is_dataclass(item) and not isinstance(item, type)):
+            pairs = item.items() if isinstance(item, dict) else ((f.name, getattr(item, f.name)) for f in dataclasses.fields(item))
+            children = {str(k): v for k, v in pairs}  # keys that collide as strings: the last wins
+            copy = dict.fromkeys(children)
+            pending.extend((v, copy, k) for k, v in children.items())
+        elif isinstance(item, (list, tuple)):
+            copy = [None] * len(item)
+            pending.extend((v, copy, i) for i, v in enumerate(item))
+        else:
+            copy = str(item)
+        parent[key] = copy
+    return root[0]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def to_dict(event: Event) -> dict[str, Any]:
-    data = {"type": event.kind}
-    data.update(json_safe(dataclasses.asdict(event)))
-    return data
+    return {"type": event.kind, **json_safe(event)}  # not dataclasses.asdict: it recurses
 
 
 def from_dict(data: dict[str, Any]) -> Event:
@@ -218,7 +234,13 @@ def from_dict(data: dict[str, Any]) -> Event:
 
 
 def to_json(event: Event) -> str:
-    return json.dumps(to_dict(event), ensure_ascii=False, allow_nan=False)
+    """One line of JSON, non-ASCII kept as is; encodable as UTF-8 whatever the event holds.
+
+    A lone surrogate (a model can emit ``"\\ud800"``) cannot be written as UTF-8, so it is written
+    as its JSON escape, which reads back as the same string.
+    """
+    text = json.dumps(to_dict(event), ensure_ascii=False, allow_nan=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def from_json(line: str) -> Event:

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 MAX_CANDIDATES = 16  # objects tried per output; bounds the work on hostile text
+# TACO's steps nest 3 or 4 levels. Deeper objects are refused here, so that nothing downstream (the
+# store's JSON columns, copies, the page) ever recurses deeper than this on a model's data.
+MAX_DEPTH = 64
 _FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n?(.*?)(?:```|$)", re.S)
 
 
@@ -44,7 +47,20 @@ def _parse(text: str) -> ParsedStep | ParseFailure:
     return _interpret(obj)
 
 
+def nesting_depth(value: Any) -> int:
+    """How many levels of lists and objects ``value`` has (0 for a scalar), without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _interpret(obj: Any) -> ParsedStep | ParseFailure:
+    if nesting_depth(obj) > MAX_DEPTH:
+        return ParseFailure("unknown", f"Unexpected <class 'ValueError'>: the step is nested more than {MAX_DEPTH} levels deep.")
     if not isinstance(obj, dict):
         return ParseFailure("unknown", f"Unexpected <class 'TypeError'>: expected a JSON object, got {type(obj).__name__}.")
     if "actions" not in obj:

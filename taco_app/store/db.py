@@ -7,18 +7,25 @@ works. The schema carries a version and is upgraded by numbered migrations when 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from taco_app.cota import events as ev
+from taco_app.store import StoreError
 from taco_app.store.schema import SCHEMA_VERSION, Base, FeedbackRow, ImageRow, SchemaInfo, SessionRow, StepRow
 
+log = logging.getLogger(__name__)
 HOST = socket.gethostname()
 # A step a person edited before it ran: the row keeps the model's raw text and the action that ran;
 # the edit is also a step correction, so review and export see the step that produced the observation.
@@ -53,13 +60,60 @@ def _m002_action_name(engine: Engine) -> None:
 MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name]
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-    cursor.execute("PRAGMA busy_timeout=30000")  # wait for a lock instead of failing
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, fast commits
-    cursor.close()
+def _sqlite_pragmas(timeout_s: float) -> Callable[[Any, Any], None]:
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")  # wait for a lock, then fail
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, fast commits
+        cursor.close()
+    return pragmas
+
+
+def _plain_reason(err: BaseException) -> str:
+    """What went wrong with the database, in words, without its SQL or parameters."""
+    cause = getattr(err, "orig", None) or err  # SQLAlchemy wraps the driver's error; its text holds the SQL
+    text_ = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    lowered = text_.lower()
+    if "locked" in lowered or ("lock" in lowered and "timeout" in lowered):
+        return "the database is locked by another program and stayed locked past TACO_DB_TIMEOUT"
+    if ("disk" in lowered and "full" in lowered) or "no space" in lowered or "file too large" in lowered:
+        return "the disk is full"
+    if "statement timeout" in lowered or "canceling statement" in lowered:
+        return "the database did not answer within TACO_DB_TIMEOUT"
+    if isinstance(cause, OSError):
+        return f"the data folder could not be written ({os.strerror(cause.errno) if cause.errno else type(cause).__name__})"
+    if any(word in lowered for word in ("connection", "connect", "server closed", "terminating", "timeout", "timed out")):
+        return "the database server cannot be reached"
+    return "the database refused the operation"
+
+
+class _Transactions:
+    """``store._sessions()`` and ``store._sessions.begin()``: ORM sessions that check the database first
+    and turn its failures into :class:`StoreError` (the SQL goes to the log, not to people)."""
+
+    def __init__(self, store: "Store"):
+        self._store = store
+        self._make = sessionmaker(store.engine, expire_on_commit=False)
+
+    @contextmanager
+    def __call__(self) -> Iterator[DbSession]:
+        self._store.check()
+        try:
+            with self._make() as db:
+                yield db
+        except (SQLAlchemyError, OSError) as err:
+            raise self._store.failure(err) from err
+
+    @contextmanager
+    def begin(self) -> Iterator[DbSession]:
+        self._store.check()
+        try:
+            with self._make.begin() as db:
+                yield db
+        except (SQLAlchemyError, OSError) as err:
+            raise self._store.failure(err) from err
 
 
 def _process_alive(pid: int) -> bool:
@@ -73,18 +127,75 @@ def _process_alive(pid: int) -> bool:
 
 
 class Store:
-    def __init__(self, url: str, images_root: str | Path):
+    def __init__(self, url: str, images_root: str | Path, *, timeout_s: float | None = None):
+        """Open (and create or upgrade) the database; :class:`StoreError` says why it cannot be.
+
+        ``timeout_s`` bounds every wait on the database: SQLite's wait for a lock, PostgreSQL's
+        connection and each statement (default ``TACO_DB_TIMEOUT``, 30 s).
+        """
+        from taco_app.config import db_timeout
+
         self.url = url
         self.images_root = Path(images_root)
+        self.timeout_s = timeout_s or db_timeout()
+        self.file: Path | None = None  # SQLite's database file
+        self._identity: tuple[int, int] | None = None  # (device, inode) of that file when opened
+        self._unfinished: dict[str, tuple[str, str]] = {}  # session id -> (status, message) not yet written
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.file = Path(url.removeprefix("sqlite:///")).expanduser()
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"timeout": self.timeout_s, "check_same_thread": False})
+            event.listen(self.engine, "connect", _sqlite_pragmas(self.timeout_s))
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.migrate()
-        self.recover()
+            connect_args = {}
+            if url.startswith("postgresql"):
+                # A statement may wait up to the timeout for a lock, then take as long again to run.
+                milliseconds = int(self.timeout_s * 1000)
+                connect_args = {"connect_timeout": max(1, round(self.timeout_s)),
+                                "options": f"-c lock_timeout={milliseconds} -c statement_timeout={2 * milliseconds}"}
+            self.engine = create_engine(url, pool_pre_ping=True, pool_timeout=self.timeout_s, connect_args=connect_args)
+        self._sessions = _Transactions(self)
+        try:
+            self.migrate()
+            self._identity = self._file_identity()
+            self.recover()
+        except (SQLAlchemyError, OSError) as err:
+            self.engine.dispose()
+            raise self.failure(err, opening=True) from err
+
+    @property
+    def where(self) -> str:
+        """The database, for messages: its file, or its URL without the password."""
+        return str(self.file) if self.file else make_url(self.url).render_as_string(hide_password=True)
+
+    def failure(self, err: BaseException, *, opening: bool = False) -> StoreError:
+        """A :class:`StoreError` for a database failure; the details go to the log."""
+        log.error("database failure (%s): %s", self.where, err, exc_info=err)
+        if opening:
+            return StoreError(f"Cannot open the database {self.where}: {_plain_reason(err)}."
+                              " Check TACO_DB_URL (or --db) and that the server runs, then try again.")
+        return StoreError(f"The database {self.where} failed: {_plain_reason(err)}. Nothing more was saved;"
+                          " fix that and try again.")
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.file is None:
+            return None
+        info = os.stat(self.file)
+        return info.st_dev, info.st_ino
+
+    def check(self) -> None:
+        """Refuse to go on if SQLite's file was deleted or replaced while the store was open: the open
+        connections would keep writing to a file that no one can read any more."""
+        if self._identity is None:
+            return
+        try:
+            identity = self._file_identity()
+        except OSError:
+            identity = None
+        if identity != self._identity:
+            raise StoreError(f"The database file {self.file} was deleted or replaced while the app was running,"
+                             " so nothing can be saved or read any more. Restore it from a backup if you have one,"
+                             " then restart the app (a restart without it starts an empty database).")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -95,7 +206,7 @@ class Store:
 
         settings = Settings.load()
         settings.ensure_home()
-        return cls(settings.db_url, settings.images_dir)
+        return cls(settings.db_url, settings.images_dir, timeout_s=settings.db_timeout)
 
     # --- schema -------------------------------------------------------------------------------
 
@@ -135,17 +246,53 @@ class Store:
     # --- the write path -----------------------------------------------------------------------
 
     def record(self, events: Iterator[ev.Event]) -> Iterator[ev.Event]:
-        """Pass events through, writing each finished step as it happens."""
+        """Pass events through, writing each finished step as it happens.
+
+        If a step cannot be stored (the database is locked, full or gone, the disk is full), the
+        session stops there: it is marked ``failed`` with the reason (now, or by the next store
+        operation that can reach the database), and the consumer gets an :class:`events.Error` and
+        a ``failed`` :class:`events.Finished` instead of the rest of the session.
+        """
+        self.finish_pending()
         recorder = _Recorder(self)
-        finished = False
+        finished, step = False, 0
+        source = iter(events)
         try:
-            for item in events:
-                recorder.handle(item)
-                finished = finished or isinstance(item, ev.Finished)
+            while not finished:
+                try:
+                    item = next(source)
+                    step = item.step
+                    recorder.handle(item)
+                except StopIteration:
+                    return
+                except StoreError as err:  # from the recorder, or from the loop writing an image file
+                    getattr(source, "close", lambda: None)()  # stops the step loop (and its model) here
+                    finished = True
+                    yield from self._fail(recorder, step, str(err))
+                    return
+                finished = isinstance(item, ev.Finished)
                 yield item
         finally:
             if not finished:
                 recorder.abandon()
+
+    def _fail(self, recorder: "_Recorder", step: int, reason: str) -> Iterator[ev.Event]:
+        if recorder.session_id is not None:
+            self._unfinished[recorder.session_id] = ("failed", f"Not saved past this point: {reason}")
+            self.finish_pending()
+        yield ev.Error(step=step, code="store", message=reason)
+        yield ev.Finished(step=step, session_id=recorder.session_id or "", status="failed", steps=step, message=reason)
+
+    def finish_pending(self) -> None:
+        """Write the end of sessions whose end could not be written when they ended (best effort)."""
+        for session_id, (status, message) in list(self._unfinished.items()):
+            try:
+                with self._sessions.begin() as db:
+                    db.execute(update(SessionRow).where(SessionRow.id == session_id, SessionRow.status == "running")
+                               .values(status=status, message=message, finished_at=time.time()))
+            except StoreError:
+                return  # still failing: the next operation tries again
+            del self._unfinished[session_id]
 
     def _relative(self, path: str) -> str:
         try:
@@ -215,7 +362,7 @@ class _Recorder:
         elif isinstance(item, ev.ActionEdited):
             step = self._begin_step(item.step)
             name = item.action.get("name")
-            step.update(action=item.action, action_name=name[:64] if isinstance(name, str) else None)
+            step.update(action=item.action, action_name=name if isinstance(name, str) else None)
             self.feedback.append(FeedbackRow(
                 session_id=self.session_id, step=item.step, created_at=time.time(), note=EDIT_NOTE,
                 corrected_step=ev.json_safe({"thought": step.get("thought") or "", "actions": [item.action]})))
@@ -261,8 +408,11 @@ class _Recorder:
         """The consumer stopped listening before the end: keep what was done, say so."""
         if self.session_id is None:
             return
-        self.flush()
-        self._finish("interrupted", None, "The session stopped before it finished.", None)
+        try:
+            self.flush()
+            self._finish("interrupted", None, "The session stopped before it finished.", None)
+        except StoreError:
+            self.store._unfinished[self.session_id] = ("interrupted", "The session stopped before it finished.")
 
 
 def _tokens(usage: dict[str, int] | None) -> dict[str, int | None]:

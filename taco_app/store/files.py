@@ -12,6 +12,8 @@ from typing import BinaryIO, Iterator
 
 from PIL import Image
 
+from taco_app.store import StoreError
+
 
 @contextmanager
 def atomic_writer(path: Path, *, durable: bool = False) -> Iterator[BinaryIO]:
@@ -57,7 +59,12 @@ class ImageFiles:
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / digest[:2] / f"{digest}.{ext}"
         if not path.exists():
-            write_atomic(path, data)
+            try:
+                write_atomic(path, data)
+            except OSError as err:  # a full disk, a read-only or vanished folder: not the model's doing
+                reason = os.strerror(err.errno) if err.errno else str(err)
+                raise StoreError(f"An image could not be saved in {self.root} ({reason}). Nothing more was saved;"
+                                 " free some space or fix the folder, then try again.") from err
         return digest, path
 
     def save_file(self, source: str | Path) -> tuple[str, Path]:

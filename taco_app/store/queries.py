@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, cast, exists, func, select
+from sqlalchemy import ColumnElement, and_, cast, exists, func, select
 from sqlalchemy.orm import Session as DbSession
 
 from taco_app.cota.parser import ParseFailure, parse
 from taco_app.cota.registry import action_names
 from taco_app.store.db import Store
-from taco_app.store.schema import FeedbackRow, ImageRow, SessionRow, StepRow
+from taco_app.store.schema import FeedbackRow, ImageRow, SafeText, SessionRow, StepRow
 
 RATINGS = ("up", "down")
 MAX_PAGE_SIZE = 500
@@ -167,7 +167,7 @@ def _conditions(flt: SessionFilter) -> list[ColumnElement[bool]]:
     if flt.text:
         # icontains escapes % and _ and renders lower() LIKE lower() on SQLite, ILIKE on PostgreSQL.
         where.append(SessionRow.question.icontains(flt.text, autoescape=True)
-                     | cast(SessionRow.answer, String).icontains(flt.text, autoescape=True))
+                     | cast(SessionRow.answer, SafeText).icontains(flt.text, autoescape=True))
     if flt.since is not None:
         where.append(SessionRow.created_at >= _epoch(flt.since))
     if flt.until is not None:
@@ -201,7 +201,7 @@ def list_sessions(store: Store, flt: SessionFilter | None = None) -> Page:
     ids = select(SessionRow.id).where(*where).order_by(*order).limit(size).offset((page - 1) * size).subquery()
     steps = select(func.count(StepRow.id)).where(StepRow.session_id == SessionRow.id).correlate(SessionRow).scalar_subquery()
     query = (
-        select(SessionRow.id, SessionRow.created_at, func.substr(SessionRow.question, 1, 200), SessionRow.answer,
+        select(SessionRow.id, SessionRow.created_at, func.substr(SessionRow.question, 1, 200, type_=SafeText), SessionRow.answer,
                SessionRow.status, SessionRow.model, steps, _latest_rating())
         .join(ids, ids.c.id == SessionRow.id)
         .order_by(*order)

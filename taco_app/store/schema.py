@@ -6,13 +6,67 @@ every engine. JSON columns hold what the events carry as JSON (actions, answers,
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA_VERSION = 2  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast
 STATUSES = ("running", "finished", "failed", "cancelled", "interrupted", "max_steps")
+
+
+# Text a model, a file or a person wrote can hold what a database cannot: PostgreSQL refuses NUL in
+# text, and neither engine's driver can encode a lone surrogate ("\ud800") as UTF-8. Such characters
+# (and the escape character itself) are stored as ESC + "u" + 4 hex digits, and turned back on reading:
+# lossless, and every other text is stored byte for byte as given. ESC is U+FFFF, a noncharacter
+# that no real text holds, so stored text stays readable and searchable.
+ESCAPE = "\uffff"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff\uffff]")
+_ESCAPED = re.compile("\uffffu([0-9a-f]{4})")
+
+
+def escape_text(text: str) -> str:
+    """``text`` with the characters a database cannot hold escaped (see :data:`ESCAPE`)."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return _UNSTORABLE.sub(lambda m: f"{ESCAPE}u{ord(m.group()):04x}", text)
+
+
+def unescape_text(text: str) -> str:
+    """The inverse of :func:`escape_text` (a sequence cut by a column's length limit stays as is)."""
+    if ESCAPE not in text:
+        return text
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+class SafeText(TypeDecorator):
+    """A text column that stores any Python string (see :func:`escape_text`).
+
+    With a ``length``, a longer value is cut to fit (a name, not content: the content it names is
+    kept whole elsewhere, e.g. an action's name in its JSON), so no insert fails on length.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, length: int | None = None):
+        super().__init__()
+        self.length = length
+        if length is not None:
+            self.impl = String(length)
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        return dialect.type_descriptor(String(self.length) if self.length else Text())
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        text = escape_text(value if isinstance(value, str) else str(value))
+        return text[: self.length] if self.length else text
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return unescape_text(value) if isinstance(value, str) else value
 
 
 class Base(DeclarativeBase):
@@ -30,16 +84,16 @@ class SessionRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[float] = mapped_column(Float, index=True)
     finished_at: Mapped[float | None] = mapped_column(Float)
-    question: Mapped[str] = mapped_column(Text)
-    backend: Mapped[str] = mapped_column(String(64))
-    model: Mapped[str | None] = mapped_column(String(512), index=True)
-    revision: Mapped[str | None] = mapped_column(String(128))
+    question: Mapped[str] = mapped_column(SafeText)
+    backend: Mapped[str] = mapped_column(SafeText(64))
+    model: Mapped[str | None] = mapped_column(SafeText(512), index=True)
+    revision: Mapped[str | None] = mapped_column(SafeText(128))
     quantisation: Mapped[str | None] = mapped_column(String(32))
     family: Mapped[str] = mapped_column(String(32))
     tool_versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), index=True)
     answer: Mapped[Any] = mapped_column(JSON, nullable=True)
-    message: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(SafeText)
     total_s: Mapped[float | None] = mapped_column(Float)
     # Which process runs it: a session left `running` by a dead process is `interrupted`.
     owner_host: Mapped[str | None] = mapped_column(String(255))
@@ -55,15 +109,15 @@ class StepRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     index: Mapped[int] = mapped_column(Integer)
-    raw: Mapped[str] = mapped_column(Text, default="")
-    thought: Mapped[str | None] = mapped_column(Text)
+    raw: Mapped[str] = mapped_column(SafeText, default="")
+    thought: Mapped[str | None] = mapped_column(SafeText)
     action: Mapped[Any] = mapped_column(JSON, nullable=True)  # {"name", "arguments"}; null: no action
-    action_name: Mapped[str | None] = mapped_column(String(64))  # action["name"], for indexed filtering
+    action_name: Mapped[str | None] = mapped_column(SafeText(64))  # action["name"], for indexed filtering
     parse_error_code: Mapped[str | None] = mapped_column(String(16))
-    parse_error: Mapped[str | None] = mapped_column(Text)
-    observation: Mapped[str | None] = mapped_column(Text)  # the exact turn fed back to the model
+    parse_error: Mapped[str | None] = mapped_column(SafeText)
+    observation: Mapped[str | None] = mapped_column(SafeText)  # the exact turn fed back to the model
     output: Mapped[Any] = mapped_column(JSON, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SafeText)
     image_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     overlays: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     generation_s: Mapped[float | None] = mapped_column(Float)
@@ -99,7 +153,7 @@ class FeedbackRow(Base):
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     step: Mapped[int | None] = mapped_column(Integer)  # null: about the whole session
     rating: Mapped[str | None] = mapped_column(String(8))  # up | down
-    corrected_answer: Mapped[str | None] = mapped_column(Text)
+    corrected_answer: Mapped[str | None] = mapped_column(SafeText)
     corrected_step: Mapped[Any] = mapped_column(JSON, nullable=True)
-    note: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(SafeText)
     created_at: Mapped[float] = mapped_column(Float)

@@ -57,8 +57,18 @@ def _answer_text(answer: Any) -> str:
     return answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def displayable(text: str) -> str:
+    """``text`` encodable as UTF-8 for the page: a lone surrogate (a model can write ``"\\ud800"``)
+    is shown as its escape, ``\\ud800``, instead of failing the whole update."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _message(role: str, content: str, **metadata: Any) -> dict[str, Any]:
-    return {"role": role, "content": content, "metadata": metadata}
+    metadata = {k: displayable(v) if isinstance(v, str) else v for k, v in metadata.items()}
+    return {"role": role, "content": displayable(content), "metadata": metadata}
 
 
 # --- one step -----------------------------------------------------------------------------------
