@@ -170,3 +170,12 @@ def test_feedback_refusals_and_history(store, sample):
     assert [f.corrected_answer for f in trace.feedback if f.corrected_answer] == ["four", "4"]  # history kept
     with pytest.raises(ValueError, match="rating"):
         q.list_sessions(store, q.SessionFilter(rating="sideways"))
+
+
+@pytest.mark.store
+def test_a_page_past_any_database_integer_and_a_huge_search_are_refused_in_words(store):
+    with pytest.raises(ValueError, match="past the last possible page"):
+        q.list_sessions(store, q.SessionFilter(page=10**20))
+    with pytest.raises(ValueError, match="the limit is 1,000"):
+        q.list_sessions(store, q.SessionFilter(text="x" * 1_000_000))
+    assert q.list_sessions(store, q.SessionFilter(page=q.MAX_PAGE)).items == []

@@ -27,6 +27,8 @@ from taco_app.store.schema import FeedbackRow, ImageRow, SafeText, SessionRow, S
 
 RATINGS = ("up", "down")
 MAX_PAGE_SIZE = 500
+MAX_PAGE = 1_000_000  # past it the row offset overflows the databases' integers
+MAX_SEARCH_CHARS = 1_000  # a search longer than any question is a mistake, and costs a full scan per character
 STEP_HINT = 'a step is {"thought": ..., "actions": [{"name": ..., "arguments": {...}}]}'
 
 
@@ -193,6 +195,10 @@ def list_sessions(store: Store, flt: SessionFilter | None = None) -> Page:
     """One page of sessions matching the filter, newest first, and how many match in all."""
     flt = flt or SessionFilter()
     page = max(1, int(flt.page))
+    if page > MAX_PAGE:
+        raise ValueError(f"page {page} is past the last possible page ({MAX_PAGE:,})")
+    if flt.text is not None and len(flt.text) > MAX_SEARCH_CHARS:
+        raise ValueError(f"the search text is {len(flt.text):,} characters long; the limit is {MAX_SEARCH_CHARS:,}")
     size = min(max(1, int(flt.page_size)), MAX_PAGE_SIZE)
     where = _conditions(flt)
     # Pick the page's ids first, then compute step counts and ratings for those rows only: with the
