@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Sequence
 
 from taco_app import __version__
@@ -180,13 +181,16 @@ def _print_human(event) -> None:
 
 def cmd_prompt(args: argparse.Namespace) -> int:
     from taco_app.cota.prompt import build_prompt, system_prompt
-    from taco_app.cota.traces import TraceFormatError, load_trace
+    from taco_app.cota.traces import TraceFormatError, parse_trace
+    from taco_app.store.importer import MAX_TRACE_BYTES
+    from taco_app.store.reading import Unreadable, read_regular
 
     if args.trace:
-        try:
-            turns = load_trace(args.trace).until_last_user_turn()
-        except TraceFormatError as err:
-            raise UsageError(str(err)) from None
+        try:  # any path: read only a regular file of bounded size (never a FIFO or /dev/zero)
+            data = json.loads(read_regular(args.trace, MAX_TRACE_BYTES))
+            turns = parse_trace(data, base_dir=Path(args.trace).parent).until_last_user_turn()
+        except (Unreadable, TraceFormatError, ValueError, RecursionError) as err:  # ValueError: not UTF-8 or JSON
+            raise UsageError(f"--trace {args.trace}: {str(err) or type(err).__name__}") from None
         text = build_prompt(turns, args.family).text
     else:
         text = system_prompt()

@@ -159,3 +159,17 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, taco_app.cli, taco_app.cota.agent, taco_app.tools; print('torch' in sys.modules, 'gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_prompt_reads_a_trace_only_from_a_regular_file_of_bounded_size(tmp_path):
+    """A FIFO used to hang `prompt --trace`, /dev/zero to eat the memory, deep JSON to print a traceback."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    expected = {fifo: "a FIFO", "/dev/zero": "a character device", deep: "recursion", tmp_path / "none.json": "cannot open"}
+    for path, words in expected.items():
+        done = app("prompt", "--trace", str(path))
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
