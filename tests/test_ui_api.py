@@ -16,7 +16,8 @@ from PIL import Image
 from taco_app.store import queries
 
 from .conftest import ROOT
-from .ui_server import running, submit_when_waiting
+from .ui_server import (HOSTILE_LABEL, HOSTILE_QUESTION, failing_record, hostile_example, running, sql_error,
+                        submit_when_waiting)
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -28,7 +29,8 @@ QUESTION = "How much gas can I buy with $50?"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running(tmp_path_factory.mktemp("ui-home")) as (url, studio):
+    hostile = hostile_example(tmp_path_factory.mktemp("ui-scripts"), "http://127.0.0.1:9", FUEL)
+    with running(tmp_path_factory.mktemp("ui-home"), [hostile]) as (url, studio):
         yield url, studio
 
 
@@ -309,3 +311,63 @@ def test_login_is_required_when_auth_is_set(tmp_path):
         assert client.predict(api_name="/doctor_table")["data"]
     finally:
         app.close()
+
+
+# --- what a failure shows ------------------------------------------------------------------------
+
+
+def failure(call) -> str:
+    """The message a failing call shows the person (the toast's text, as the client receives it)."""
+    with pytest.raises(Exception) as raised:
+        call()
+    return str(getattr(raised.value, "message", raised.value))
+
+
+def test_a_failing_handler_shows_a_plain_sentence_never_sql_or_markup(server, monkeypatch, caplog):
+    """The database fails while storing a reply that carries an <img> pixel and an <a> link: the
+    person reads one sentence pointing to the log; the log has the traceback, SQL and all."""
+    url, studio = server
+    monkeypatch.setattr(studio.store, "record", failing_record(studio.store, sql_error))
+    client = Client(url, verbose=False)
+    with caplog.at_level("ERROR", logger="taco_app.ui"):
+        shown = failure(lambda: ask(client, [FUEL], HOSTILE_QUESTION, HOSTILE_LABEL))
+    assert "Something went wrong" in shown and "server log" in shown
+    assert "<" not in shown and "INSERT" not in shown and "re-login" not in shown and "Traceback" not in shown
+    reference = shown.split("reference ")[1].split(")")[0]
+    logged = [r for r in caplog.records if reference in r.getMessage()]
+    assert logged and logged[0].exc_info and "INSERT INTO steps" in str(logged[0].exc_info[1])
+    monkeypatch.undo()
+    assert "About 14.33 gallons" in chat_text(ask(client, [FUEL])[1][0])  # the next run is fine
+
+
+def test_a_database_failure_shows_its_own_message_as_text(server, monkeypatch):
+    """A StoreError's message is shown (it says what to do); any markup in it is text, not HTML."""
+    from taco_app.store import StoreError
+
+    url, studio = server
+
+    def locked(raw):
+        return StoreError(f"The database is busy: try again in a moment. {raw}")
+
+    monkeypatch.setattr(studio.store, "record", failing_record(studio.store, locked))
+    shown = failure(lambda: ask(Client(url, verbose=False), [FUEL], HOSTILE_QUESTION, HOSTILE_LABEL))
+    assert shown.startswith("The database is busy: try again in a moment.")
+    assert "<img" not in shown and "<a " not in shown and "&lt;img src=http://127.0.0.1:9/pixel&gt;" in shown
+
+
+@pytest.mark.parametrize("text,page,message", [
+    ("gas", 1e20, "Page must be a whole number from 1 to 1,000,000"),
+    ("x" * 1_000_000, 1, "The search text is 1,000,000 characters long; the limit is 1,000"),
+    ("gas", 1, None),
+])
+def test_review_search_refuses_a_huge_page_or_query_with_a_plain_message(server, text, page, message):
+    url, _studio = server
+    client = Client(url, verbose=False)
+    search = lambda: client.predict(text, "any", "any", "", page, api_name="/search_sessions")  # noqa: E731
+    if message is None:
+        assert "session(s)" in search()[1]
+        return
+    shown = failure(search)
+    assert message in shown
+    for internal in ("SELECT", "sqlite", "OFFSET", "LIKE", "Traceback", "<"):
+        assert internal not in shown

@@ -54,3 +54,81 @@ def submit_when_waiting(client, *step, timeout: float = 60):
                 raise
             time.sleep(0.1)
     raise TimeoutError("no manual step was asked for")
+
+
+# --- a hostile model and a failing database, for the error and markup tests --------------------
+
+HOSTILE_LABEL = "Replay example: hostile"
+HOSTILE_QUESTION = "What does the sign say?"
+RE_LOGIN = "Click to re-login"
+
+
+def hostile_example(folder: Path, pixel_url: str, image: Path) -> ExampleChoice:
+    """A replayed model whose replies carry links, LaTeX and HTML aimed at ``pixel_url``.
+
+    Step 1 (Calculate) puts a bare URL, a ``www.`` address, an e-mail address and ``$$x^2$$`` in its
+    thought; step 2 carries an ``<img>`` tracking pixel and an ``<a>`` "re-login" link, and its
+    reply is the one :func:`failing_record` makes the database refuse.
+    """
+    import json
+
+    first = {"thought": f"See {pixel_url}/docs and www.example.org or mail admin@example.org; "
+                        f"$$x^2$$ and $\\alpha$ <img src={pixel_url}/pixel>",
+             "actions": [{"name": "Calculate", "arguments": {"expression": "2+2"}}]}
+    second = {"thought": f'<img src={pixel_url}/pixel><a href="{pixel_url}/login">{RE_LOGIN}</a>',
+              "actions": [{"name": "Terminate", "arguments": {"answer": "4"}}]}
+    script = folder / "hostile.replay.json"
+    script.write_text(json.dumps([json.dumps(first), json.dumps(second)]))
+    return ExampleChoice(HOSTILE_LABEL, image, HOSTILE_QUESTION, script)
+
+
+def failing_record(store, make_error):
+    """``store.record`` that fails, with ``make_error(raw reply)``, at the hostile model's second reply."""
+    from taco_app.cota import events as ev
+
+    real = store.record
+
+    def record(session):
+        for event in real(session):
+            if isinstance(event, ev.ActionParsed) and RE_LOGIN in event.raw:
+                raise make_error(event.raw)
+            yield event
+
+    return record
+
+
+def sql_error(raw: str) -> Exception:
+    """What SQLAlchemy raises when SQLite is locked during an insert: the SQL and the model's text in it."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("INSERT INTO steps (session_id, \"index\", raw) VALUES (?, ?, ?)", ("s", 2, raw),
+                            sqlite3.OperationalError("database is locked"))
+
+
+@contextmanager
+def pixel_server() -> Iterator[tuple[str, list[str]]]:
+    """``(url, paths requested)`` of an HTTP server on 127.0.0.1 that records every request it gets."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from taco_app import __version__
-from taco_app.ui import ask, review
+from taco_app.ui import ask, errors, review
 from taco_app.ui.live import Registry
 from taco_app.ui.studio import Studio
 
@@ -59,6 +59,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             registry.forget(request.session_hash)
 
         app.unload(forget)
+    errors.guard_app(app)  # every handler: failures shown as plain text, details to the server log
     return app
 
 
@@ -82,7 +83,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, aut
     studio = studio or Studio(Store.open())
     app = build_app(studio)
     app.queue(default_concurrency_limit=None)
+    # show_error=False: an exception's own text (SQL, a model's words) never reaches the page (errors.py).
     app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
-               allowed_paths=[str(studio.store.images_root)], show_error=True, quiet=True, css=CSS, footer_links=[],
+               allowed_paths=[str(studio.store.images_root)], show_error=False, quiet=True, css=CSS, footer_links=[],
                max_file_size=MAX_UPLOAD, ssr_mode=False)
     return app

@@ -23,6 +23,7 @@ from taco_app.cota.registry import action_names
 from taco_app.media import ImageLoadError
 from taco_app.store.files import ImageFiles
 from taco_app.ui import overlays, render
+from taco_app.ui.errors import inform, warn
 from taco_app.ui.live import Registry
 from taco_app.ui.studio import MANUAL, Studio
 
@@ -147,10 +148,10 @@ def show_inputs(paths: list[str] | None) -> list[tuple[str, str]]:
         try:
             image = InputImage.open(path)
         except ImageLoadError as err:
-            gr.Warning(str(err))
+            warn(err)  # it names the file: shown as text
             continue
         for note in image.notes:  # e.g. an animation: only its first frame is used
-            gr.Info(f"image-{len(shown)}: {note}")
+            inform(f"image-{len(shown)}: {note}")
         shown.append((path, f"image-{len(shown)}"))
     return shown
 

@@ -25,11 +25,33 @@ COLUMNS = ["id", "when", "question", "answer", "status", "steps", "rating", "mod
 STATUSES = ["any", "finished", "failed", "cancelled", "max_steps", "interrupted", "running"]
 
 
+def _search_page(page: Any) -> int:
+    """The page asked for, or gr.Error: a whole number from 1 to the store's last possible page."""
+    if page is None or page == "":
+        return 1
+    if isinstance(page, bool) or not isinstance(page, (int, float)) or page != page or page % 1 \
+            or not 1 <= page <= queries.MAX_PAGE:
+        raise gr.Error(f"Page must be a whole number from 1 to {queries.MAX_PAGE:,}.")
+    return int(page)
+
+
+def _search_text(label: str, text: str | None) -> str | None:
+    """A search field's text, or gr.Error when it is longer than the store searches."""
+    text = text or ""
+    if len(text) > queries.MAX_SEARCH_CHARS:
+        raise gr.Error(f"The {label} is {len(text):,} characters long; the limit is {queries.MAX_SEARCH_CHARS:,}:"
+                       " shorten it.")
+    return text or None
+
+
 def _table(studio: Studio, text: str, status: str, rating: str, tool: str, page: int) -> tuple[list[list[Any]], str]:
-    flt = queries.SessionFilter(text=text or None, status=None if status == "any" else status,
-                                rating=None if rating == "any" else rating, tool=tool or None, page=int(page or 1),
-                                page_size=20)
-    result = queries.list_sessions(studio.store, flt)
+    flt = queries.SessionFilter(text=_search_text("search text", text), status=None if status == "any" else status,
+                                rating=None if rating == "any" else rating, tool=_search_text("tool name", tool),
+                                page=_search_page(page), page_size=20)
+    try:
+        result = queries.list_sessions(studio.store, flt)
+    except ValueError as err:  # a filter the store refuses (in words, e.g. an unknown rating)
+        raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
     rows = [[s.id, dt.datetime.fromtimestamp(s.created_at).strftime("%Y-%m-%d %H:%M"), s.question[:120],
              render._answer_text(s.answer)[:80] if s.answer is not None else "", s.status, s.steps, s.rating or "",
              s.model or ""] for s in result.items]
