@@ -46,6 +46,11 @@ class Settings:
         return self.home / "images"
 
     @property
+    def cache_dir(self) -> Path:
+        """What libraries would otherwise keep in the system temp folder (e.g. torch's compile cache)."""
+        return self.home / "cache"
+
+    @property
     def temp_dir(self) -> Path:
         """The web app's temporary files: one folder per running instance, removed when it stops."""
         return self.home / "tmp"

@@ -132,6 +132,92 @@ def test_two_clients_never_see_each_others_run(server):
             assert ("gallons" in text) <= (name == "fuel") and ("One face" in text) <= (name == "faces")
 
 
+CLIENTS, RESHOWS = 6, 25
+
+
+def download_whole(http, url: str) -> tuple[int, int | None, str | None]:
+    """``(bytes received, Content-Length, what went wrong)`` for one image URL, as a browser fetches it."""
+    import io
+
+    import httpx
+
+    try:
+        response = http.get(url)
+    except httpx.HTTPError as err:  # e.g. the server closed the body short of its Content-Length
+        return 0, None, f"{type(err).__name__}: {err}"
+    declared = int(response.headers["content-length"]) if "content-length" in response.headers else None
+    if response.status_code != 200:
+        return len(response.content), declared, f"HTTP {response.status_code}"
+    try:
+        with Image.open(io.BytesIO(response.content)) as image:
+            image.load()
+    except Exception as err:  # a cut file does not decode
+        return len(response.content), declared, f"not an image: {err}"
+    return len(response.content), declared, None
+
+
+@pytest.mark.parametrize("where", ["ask", "review"])
+def test_many_clients_reshowing_one_overlay_always_get_whole_images(server, where):
+    """Six tabs show the same step's overlay again and again (the Ask tab's step selector, or
+    Review's step slider) and fetch each picture: every download is whole and decodes, and the
+    server logs no error (an image file rewritten in place while being sent was cut short)."""
+    import httpx
+
+    from .ui_server import server_log
+
+    url, _studio = server
+    crop = ("I look closer.", "Crop", '{"image": "image-0", "bbox": [0.1, 0.1, 0.6, 0.6]}')
+    stored = None
+    if where == "review":  # one stored session, opened by every client
+        client = Client(url, verbose=False)
+        job = client.submit([handle_file(str(FUEL))], "Crop it", "Manual: write each step yourself", False,
+                            api_name="/ask")
+        submit_when_waiting(client, *crop)
+        submit_when_waiting(client, "Done.", "Terminate", '{"answer": "cropped"}')
+        stored = job.result()[5].split("`")[1]
+    downloads: list[tuple[int, int | None, str | None]] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            client = Client(url, verbose=False, download_files=False)  # the test fetches each URL itself
+            job = None
+            if where == "ask":  # a live run in this tab: a manual step that crops, then the overlay of step 1
+                job = client.submit([handle_file(str(FUEL))], "Crop it", "Manual: write each step yourself", False,
+                                    api_name="/ask")
+                submit_when_waiting(client, *crop)
+                deadline = time.monotonic() + 60
+                while not any(isinstance(o[2], dict) and o[2].get("url") for o in job.outputs()) and time.monotonic() < deadline:
+                    time.sleep(0.1)  # until the run has drawn step 1 (and offers it in the step selector)
+            with httpx.Client(timeout=30) as http:
+                for _ in range(RESHOWS):
+                    if where == "ask":
+                        picture = client.predict(1, api_name="/show_step")[0]
+                    else:
+                        picture = client.predict(stored, 1, api_name="/show_stored_step")[2]
+                    assert picture is not None and picture.get("url"), picture
+                    downloads.append(download_whole(http, picture["url"]))
+            if job is not None:
+                client.predict(api_name="/stop")
+                job.result(timeout=60)
+        except BaseException as err:  # reported below with the others
+            errors.append(err)
+
+    with server_log() as log:
+        threads = [threading.Thread(target=one, daemon=True) for _ in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        time.sleep(0.5)  # the server logs a cut response after the client has seen it
+    assert not errors, errors[:3]
+    assert len(downloads) == CLIENTS * RESHOWS
+    bad = [d for d in downloads if d[2] is not None or d[0] != d[1]]
+    crashes = [line for line in log if "Exception in ASGI application" in line]
+    assert not bad and not crashes, (f"{len(bad)} of {len(downloads)} downloads cut or broken, e.g. {bad[:2]};"
+                                     f" {len(crashes)} server errors, e.g.\n{crashes[0][-1500:] if crashes else ''}")
+
+
 def test_the_page_answers_while_a_run_streams(server):
     import urllib.request
 
@@ -213,7 +299,7 @@ def test_the_local_model_loads_with_progress_and_runs(tmp_path_factory):
     os.environ["TACO_HOME"] = str(home)
     local = TransformersBackend(LoadOptions(model_id=str(checkpoint), device="cpu", max_new_tokens=8))
     studio = Studio(Store.open(), local=local)
-    from taco_app.ui.app import serve
+    from taco_app.ui.app import serve, stop
 
     port = free_port()
     app = serve("127.0.0.1", port, block=False, studio=studio)
@@ -225,7 +311,7 @@ def test_the_local_model_loads_with_progress_and_runs(tmp_path_factory):
         assert "max_steps" in final[5] and "Step 11" in chat_text(final[0])  # garbage text, handled to the end
         assert local.status.state == "ready" and "on cpu (none, float32)" in studio.status_line()
     finally:
-        app.close()
+        stop(app)
 
 
 def test_the_app_answers_http_within_seconds_of_starting(tmp_path):
@@ -293,7 +379,7 @@ def test_login_is_required_when_auth_is_set(tmp_path):
     import urllib.request
 
     from taco_app.store.db import Store
-    from taco_app.ui.app import parse_auth, serve
+    from taco_app.ui.app import parse_auth, serve, stop
     from taco_app.ui.studio import Studio
 
     from .ui_server import free_port
@@ -310,7 +396,7 @@ def test_login_is_required_when_auth_is_set(tmp_path):
         client = Client(f"http://127.0.0.1:{port}/", auth=("ana", "secret"), verbose=False)
         assert client.predict(api_name="/doctor_table")["data"]
     finally:
-        app.close()
+        stop(app)
 
 
 # --- what a failure shows ------------------------------------------------------------------------

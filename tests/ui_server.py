@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from taco_app.store.db import Store
-from taco_app.ui.app import serve
+from taco_app.ui.app import serve, stop
 from taco_app.ui.studio import ExampleChoice, Studio
 
 
@@ -33,7 +33,7 @@ def running(home: Path, examples: Iterable[ExampleChoice] = ()) -> Iterator[tupl
         try:
             yield f"http://127.0.0.1:{port}/", studio
         finally:
-            app.close()
+            stop(app)  # and its temporary files
     finally:
         if previous is None:
             os.environ.pop("TACO_HOME", None)
@@ -54,6 +54,27 @@ def submit_when_waiting(client, *step, timeout: float = 60):
                 raise
             time.sleep(0.1)
     raise TimeoutError("no manual step was asked for")
+
+
+@contextmanager
+def server_log() -> Iterator[list[str]]:
+    """The web server's log lines (uvicorn's, e.g. "Exception in ASGI application") while the block runs."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("uvicorn")  # uvicorn.error propagates here; the server logs through it
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
 
 
 # --- a hostile model and a failing database, for the error and markup tests --------------------

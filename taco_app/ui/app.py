@@ -2,19 +2,24 @@
 
 It binds to 127.0.0.1 unless told otherwise; ``--share`` and basic auth are opt-in. Every browser
 session has its own live run (:mod:`taco_app.ui.live`); all of them share one store and one model.
+
+Gradio is imported only when the app is built, after :func:`serve` has pointed ``GRADIO_TEMP_DIR``
+at the instance's private folder: some of Gradio's modules read that variable once, on import.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
-from typing import Any
-
-import gradio as gr
+from typing import TYPE_CHECKING, Any
 
 from taco_app import __version__
-from taco_app.ui import ask, errors, review
 from taco_app.ui.live import Registry
+from taco_app.ui.scratch import Scratch
 from taco_app.ui.studio import Studio
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 MAX_UPLOAD = "100mb"  # per file; larger photos are refused by the server before they are stored
 CSS = """
@@ -37,6 +42,13 @@ def doctor_table() -> list[list[str]]:
 
 
 def build_app(studio: Studio) -> gr.Blocks:
+    # Imported now, not with this module: see the module's docstring. Bound globally, so that the
+    # handlers' annotations (``request: gr.Request``) resolve when Gradio reads them.
+    global gr
+    import gradio as gr
+
+    from taco_app.ui import ask, errors, review
+
     registry = Registry()
     with gr.Blocks(title="TACO Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown(f"## TACO Studio <small>{__version__}</small>")
@@ -76,15 +88,56 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, auth: str | None = None,
           block: bool = True, studio: Studio | None = None) -> Any:
-    """Start the app; returns the Blocks (with ``block=False``, for tests) after it is listening."""
+    """Start the app; returns the Blocks (with ``block=False``, for tests) after it is listening.
+
+    Its temporary files live in a private folder of the data folder (:class:`Scratch`), removed when
+    it stops: on Ctrl-C or SIGTERM, on :func:`stop`, or at exit.
+    """
+    from taco_app.config import Settings
     from taco_app.store.db import Store
 
     credentials = parse_auth(auth)
-    studio = studio or Studio(Store.open())
-    app = build_app(studio)
-    app.queue(default_concurrency_limit=None)
-    # show_error=False: an exception's own text (SQL, a model's words) never reaches the page (errors.py).
-    app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
-               allowed_paths=[str(studio.store.images_root)], show_error=False, quiet=True, css=CSS, footer_links=[],
-               max_file_size=MAX_UPLOAD, ssr_mode=False)
+    settings = Settings.load()
+    settings.ensure_home()
+    # torch (under easyocr and the local model) keeps its compile cache in the system temp folder
+    # unless told otherwise, readable by every user there.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "torchinductor"))
+    scratch = Scratch(settings.temp_dir)
+    atexit.register(scratch.remove)
+    scratch.activate()  # before the Blocks is built: its components read GRADIO_TEMP_DIR when created
+    try:
+        studio = studio or Studio(Store.open())
+        studio.scratch = scratch
+        app = build_app(studio)
+        app.queue(default_concurrency_limit=None)
+        if block:
+            _stop_on_sigterm()
+        # show_error=False: an exception's own text (SQL, a model's words) never reaches the page (errors.py).
+        app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
+                   allowed_paths=[str(studio.store.images_root), str(scratch.overlays.root)], show_error=False,
+                   quiet=True, css=CSS, footer_links=[], max_file_size=MAX_UPLOAD, ssr_mode=False,
+                   app_kwargs={"lifespan": scratch.lifespan})
+    except BaseException:
+        scratch.remove()
+        raise
+    if block:  # launch returns once the server has stopped (Ctrl-C)
+        scratch.remove()
+    app.taco_scratch = scratch  # for stop()
     return app
+
+
+def stop(app: gr.Blocks) -> None:
+    """Stop a server started with ``block=False`` and remove its temporary files now."""
+    app.close()
+    scratch = getattr(app, "taco_scratch", None)
+    if scratch is not None:
+        scratch.remove()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, a service manager) stops the server like Ctrl-C, so its temporary files go too."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)

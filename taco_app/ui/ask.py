@@ -66,8 +66,8 @@ def build(studio: Studio, registry: Registry) -> None:
                 manual_submit = gr.Button("Submit step", variant="primary", elem_id="manual-submit")
         with gr.Column(scale=4):
             step = gr.Dropdown(label="Step to show", choices=[], interactive=True, elem_id="overlay-step")
-            picture = gr.Image(label="What the tool saw", type="pil", interactive=False, height=420,
-                               elem_id="overlay-image")
+            picture = gr.Image(label="What the tool saw", type="filepath", interactive=False, height=420,
+                               elem_id="overlay-image")  # a file that never changes: see Scratch.picture
             caption = gr.Markdown(elem_id="overlay-caption")
             seen = gr.Gallery(label="Every image the model saw", columns=3, height=260, elem_id="ask-seen")
     gr.Examples(
@@ -100,7 +100,7 @@ def build(studio: Studio, registry: Registry) -> None:
         if live is None or number is None:
             return None, ""
         image, text = overlays.render_step(live.events, int(number))
-        return image, render.escape_text(text)
+        return studio.picture(image), render.escape_text(text)
 
     step.change(show_step, step, [picture, caption], concurrency_limit=None)
 
@@ -248,6 +248,7 @@ def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event |
         if (choices, latest) != live.shown_steps:
             step = gr.update(choices=choices, value=latest)
             live.shown_steps = (choices, latest)
+        picture = studio.picture(picture)
         caption = render.escape_text(text)
         seen = render.images_seen(live.events)
     review = (skip, skip, skip, skip)

@@ -92,7 +92,8 @@ def build_review(studio: Studio) -> None:
                 following = gr.Button("Next step ▶")
             chat = gr.Chatbot(label="The session", height=520, elem_id="review-chat", group_consecutive_messages=False)
         with gr.Column(scale=4):
-            picture = gr.Image(label="The step's overlay", type="pil", interactive=False, height=380, elem_id="review-image")
+            picture = gr.Image(label="The step's overlay", type="filepath", interactive=False, height=380,
+                               elem_id="review-image")  # a file that never changes: see Scratch.picture
             caption = gr.Markdown()
             feedback = gr.Markdown(elem_id="review-feedback")
             with gr.Row():
@@ -138,12 +139,12 @@ def build_review(studio: Studio) -> None:
         text = render.escape_text(text)
         corrected = trace.corrected_steps.get(upto)
         step_json = _step_json(trace, upto, corrected)
-        return (render.chat_messages(shown), gr.update(minimum=1, maximum=max(last, 1), value=upto), image, text,
-                _feedback_text(trace), step_json)
+        return (render.chat_messages(shown), gr.update(minimum=1, maximum=max(last, 1), value=upto),
+                studio.picture(image), text, _feedback_text(trace), step_json)
 
     shown_outputs = [chat, slider, picture, caption, feedback, step_text]
     table.select(open_session, table, session_id).then(load, session_id, shown_outputs)
-    slider.release(load, [session_id, slider], shown_outputs)
+    slider.release(load, [session_id, slider], shown_outputs, api_name="show_stored_step")
     previous.click(lambda s, k: load(s, (k or 1) - 1), [session_id, slider], shown_outputs)
     following.click(lambda s, k: load(s, (k or 1) + 1), [session_id, slider], shown_outputs)
 

@@ -43,6 +43,13 @@ class Studio:
         if local is None and probe:
             self.local, self.local_reason = auto_choice()
         self.examples = examples()
+        self.scratch: Any = None  # the served app's temporary folder (taco_app.ui.scratch), set by serve()
+
+    def picture(self, image: Any) -> str | None:
+        """A drawn overlay (a PIL image or None) as a file the page can show."""
+        if self.scratch is None:
+            raise RuntimeError("the Studio has no temporary folder: serve() gives it one")
+        return self.scratch.picture(image)
 
     @property
     def openai_configured(self) -> bool:
