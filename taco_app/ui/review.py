@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -234,18 +235,37 @@ def build_export(studio: Studio) -> None:
     for component in inputs:
         component.change(counted, inputs, count)
 
-    def run_export(*values):
+    def zip_export(work: Path, *values):
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = Path(tempfile.mkdtemp(prefix="taco-export-")) / f"taco-{values[0]}-{stamp}"
+        folder = work / f"taco-{values[0]}-{stamp}"
         try:
             result = export(studio.store, folder, **options(*values))
         except ValueError as err:
             raise gr.Error(str(err))
         if result.count == 0:
             raise gr.Error("No session matches these filters: nothing to export.")
-        archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
-        shutil.rmtree(folder, ignore_errors=True)
+        # Into Gradio's cache (the app's private temporary folder): served as it is, with no second copy.
+        Path(download.GRADIO_CACHE).mkdir(parents=True, exist_ok=True)
+        served = Path(tempfile.mkdtemp(prefix="export-", dir=download.GRADIO_CACHE))
+        archive = shutil.make_archive(str(served / folder.name), "zip", root_dir=folder)
         gr.Info(f"Exported {result.count} session(s).")
         return archive, counted(*values)
+
+    zips: dict[str, Path] = {}  # each browser tab's latest zip, removed when its next export replaces it
+    zips_lock = threading.Lock()
+
+    def run_export(fmt_, rating_, corrected_, since_, request: gr.Request):
+        work = Path(tempfile.mkdtemp(dir=studio.scratch.exports))  # the exported files, until they are zipped
+        try:
+            archive, count = zip_export(work, fmt_, rating_, corrected_, since_)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        previous = None
+        if request.session_hash:
+            with zips_lock:
+                previous, zips[request.session_hash] = zips.get(request.session_hash), Path(archive).parent
+        if previous is not None:  # that download was replaced by this one
+            shutil.rmtree(previous, ignore_errors=True)
+        return archive, count
 
     go.click(run_export, inputs, [download, count], api_name="export")
