@@ -457,3 +457,11 @@ def test_review_search_refuses_a_huge_page_or_query_with_a_plain_message(server,
     assert message in shown
     for internal in ("SELECT", "sqlite", "OFFSET", "LIKE", "Traceback", "<"):
         assert internal not in shown
+
+
+def test_no_chat_typesets_latex(server):
+    """ "$$" in a tool's output (a code block) or a reply is text: both chats have LaTeX off."""
+    url, _studio = server
+    components = Client(url, verbose=False).config["components"]
+    chats = [c["props"] for c in components if c.get("type") == "chatbot"]
+    assert len(chats) == 2 and all(props.get("latex_delimiters") == [] for props in chats)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
-from .ui_server import running
+from .ui_server import (HOSTILE_LABEL, HOSTILE_QUESTION, failing_record, hostile_example, pixel_server, running,
+                        sql_error)
 
 CHROMIUM = Path(os.environ.get("TACO_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")]
@@ -29,8 +30,16 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-b
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    with running(tmp_path_factory.mktemp("browser-home")) as (url, studio):
+def pixel():
+    """``(url, paths requested)``: where the hostile model's pixel and links point."""
+    with pixel_server() as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, pixel):
+    hostile = hostile_example(tmp_path_factory.mktemp("browser-scripts"), pixel[0], EXAMPLES / "fuel_prices.png")
+    with running(tmp_path_factory.mktemp("browser-home"), [hostile]) as (url, studio):
         yield url, studio
 
 
@@ -140,8 +149,8 @@ def test_ask_review_export_in_a_browser(app, browser, shots, tmp_path):
     page.close()
 
 
-def test_bad_input_in_the_page(app, browser, tmp_path):
-    url, _studio = app
+def test_bad_input_in_the_page(app, browser, pixel, monkeypatch):
+    url, studio = app
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(url)
     page.locator("#ask-run").wait_for()
@@ -157,4 +166,24 @@ def test_bad_input_in_the_page(app, browser, tmp_path):
     page.locator("#ask-chat").get_by_text("Answer:").wait_for(timeout=180_000)
     assert page.evaluate("window.__pwned") is None
     assert "<b>bold?</b>" in page.locator("#ask-chat").inner_text()
+
+    # A model writes a URL, an address, LaTeX and an <img> pixel: the page shows them as typed, with
+    # no link and no formula. Its next reply (an <img> pixel and a "re-login" link) makes the
+    # database fail: the toast is one plain sentence, and nothing ever asks the pixel's server.
+    monkeypatch.setattr(studio.store, "record", failing_record(studio.store, sql_error))
+    page.locator("#ask-question textarea").fill(HOSTILE_QUESTION)
+    choose_model(page, HOSTILE_LABEL)
+    page.locator("#ask-run").click()
+    toast = page.locator("[data-testid=toast-body]")
+    toast.get_by_text("Something went wrong").first.wait_for(timeout=60_000)
+    chat = page.locator("#ask-chat")
+    # Open step 1 (a click straight to it: the failed run's status layer covers the chat).
+    chat.get_by_text("Step 1 · Calculate").first.dispatch_event("click")
+    step = chat.locator(".message-content").filter(has_text="www.example.org").first
+    shown = step.inner_text()
+    assert f"See {pixel[0]}/docs and www.example.org or mail admin@example.org; $$x^2$$ and $\\alpha$" in shown
+    assert f"<img src={pixel[0]}/pixel>" in shown
+    assert chat.locator("a").count() == 0 and page.locator(".katex, .latex-block").count() == 0
+    assert toast.locator("img, a").count() == 0 and "re-login" not in toast.inner_text()
+    assert pixel[1] == [], pixel[1]
     page.close()

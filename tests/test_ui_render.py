@@ -6,6 +6,7 @@ realism. No gradio and no server: the renderers return plain dicts and PIL image
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from itertools import pairwise
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageColor
 from skimage import data
 
@@ -26,7 +29,7 @@ from taco_app.tools.imageops import COLOURS
 from taco_app.ui.overlays import render_step
 from taco_app.ui.render import ChatView, chat_messages, code_block, escape_text, images_seen, step_choices, trace_events
 
-from .conftest import run_session
+from .conftest import examples, run_session
 
 RED = ImageColor.getrgb(COLOURS[0])  # the first region's colour
 GREY = (128, 128, 128)
@@ -95,7 +98,7 @@ def test_thought_streams_token_by_token_then_settles():
     view.add(ev.Observation(step=1, action=action, observation="OBSERVATION:\n{'text': 'FUEL'}", tool_s=0.25))
     message = view.messages()[1]
     assert message["metadata"] == {"title": "Step 1 · OCR", "id": "step-1", "status": "done", "duration": 1.75}
-    assert message["content"].startswith("The sign says &lt;b&gt;$3.49&lt;/b&gt; &amp; more")
+    assert message["content"].startswith("The sign says &lt;b&gt;\\$3.49&lt;/b&gt; &amp; more")
     assert '**Action:** OCR\n```json\n{"image": "image-0"}\n```' in message["content"]
     assert "OBSERVATION:\n{'text': 'FUEL'}" in message["content"]
     assert "generation 1.50 s · tool 0.25 s" in message["content"]
@@ -206,6 +209,43 @@ def test_html_and_markdown_from_anyone_come_out_as_text():
     # A fence longer than any backtick run inside: the raw text cannot close its block early.
     assert "`````text\n````\n</code><script>x</script>\n`````" in messages[2]["content"]
     assert code_block("a ``` b") == "````text\na ``` b\n````"
+
+
+# Markdown's backslash escapes (any ASCII punctuation) and HTML entities, undone: what the page shows.
+BACKSLASH_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+LINKS_AND_MATH = ("See http://127.0.0.1:9/pixel, HTTPS://x.org/a?b=c, ftp://f.org, www.example.org or WWW.X.ORG,"
+                  " mail admin@example.org; $$x^2$$ and $\\alpha$ cost $50")
+
+
+def as_shown(markdown: str) -> str:
+    return html.unescape(BACKSLASH_ESCAPE.sub(r"\1", markdown))
+
+
+def linkable(markdown: str) -> list[str]:
+    """What GFM (the Chatbot's marked) would turn into a link or LaTeX: an unescaped "://", "www.", "@", "$"."""
+    return re.findall(r"(?<!\\):(?=//)|(?i:(?<=www))(?<!\\)\.|(?<!\\)[@$]", markdown)
+
+
+def test_urls_addresses_and_latex_from_anyone_are_neither_links_nor_math():
+    shown = escape_text(LINKS_AND_MATH)
+    assert as_shown(shown) == LINKS_AND_MATH  # the page shows it as typed
+    assert linkable(shown) == [] and "$$" not in shown
+    action = {"name": "http://x.org", "arguments": {"url": "http://x.org"}}
+    events = [ev.SessionStarted(question=LINKS_AND_MATH),
+              ev.ActionParsed(step=1, raw="r", thought=LINKS_AND_MATH, action=action),
+              ev.Observation(step=1, action=action, observation="OBSERVATION:\n$$x$$ http://x.org", error=LINKS_AND_MATH),
+              ev.FinalAnswer(step=2, answer=LINKS_AND_MATH), ev.Finished(step=2, status="failed", message=LINKS_AND_MATH)]
+    for message in chat_messages(events):
+        text = outside_code(message["content"]) + str(message["metadata"].get("title", ""))
+        assert linkable(text) == [], text
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(st.text())
+def test_escaped_text_always_reads_as_typed_and_links_nothing(text):
+    shown = escape_text(text)
+    assert as_shown(shown) == text
+    assert linkable(shown) == [] and "$$" not in shown and "<" not in shown
 
 
 def test_long_observations_are_cut_with_a_note():

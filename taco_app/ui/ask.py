@@ -49,7 +49,8 @@ def build(studio: Studio, registry: Registry) -> None:
                 run_button = gr.Button("Run", variant="primary", elem_id="ask-run")
                 stop_button = gr.Button("Stop", variant="stop", elem_id="ask-stop")
             chat = gr.Chatbot(label="Chain of thought and action", height=620, elem_id="ask-chat",
-                              group_consecutive_messages=False)
+                              group_consecutive_messages=False,
+                              latex_delimiters=[])  # no LaTeX: "$$" in a tool's output is text (render.py)
             info = gr.Markdown(elem_id="ask-info")
             with gr.Group(visible=False, elem_id="review-panel") as review_box:
                 review_text = gr.Markdown()

@@ -24,7 +24,9 @@ from taco_app.cota.parser import partial_thought
 from taco_app.ui.overlays import resolve_path
 
 OBSERVATION_LIMIT = 4000  # characters of an observation shown; the rest is noted, not dropped silently
-_MARKUP = re.compile(r"([\\`*_\[\]#|~])")
+_MARKUP = re.compile(r"([\\`*_\[\]#|~$@])")  # `$`: LaTeX; `@`: an e-mail address becomes a mailto link
+# Where the Chatbot's markdown (marked, GFM) turns bare text into a link: a scheme's "://" and "www.".
+_AUTOLINK = re.compile(r":(?=//)|(?<=[wW]{3})\.")
 _BACKTICKS = re.compile(r"`+")
 _HEADLINES = {
     "failed": "**The session failed.**",
@@ -35,9 +37,14 @@ _HEADLINES = {
 
 
 def escape_text(text: Any) -> str:
-    """Text made safe for markdown: shown as typed, never as HTML, a link, an image or emphasis."""
+    """Text made safe for markdown: shown as typed, never as HTML, a link, an image, math or emphasis.
+
+    Markup characters get a backslash (markdown shows ``\\*`` as ``*``). GFM also links bare
+    ``http://…``, ``www.…`` and e-mail addresses, so the ``:`` of ``://``, the ``.`` of ``www.`` and
+    ``@`` are escaped too, and ``$`` so that ``$$…$$`` is never typeset as LaTeX.
+    """
     text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MARKUP.sub(r"\\\1", text)
+    return _AUTOLINK.sub(lambda m: "\\" + m.group(), _MARKUP.sub(r"\\\1", text))
 
 
 def code_block(text: str, lang: str = "text") -> str:

@@ -91,7 +91,8 @@ def build_review(studio: Studio) -> None:
             with gr.Row():
                 previous = gr.Button("◀ Previous step")
                 following = gr.Button("Next step ▶")
-            chat = gr.Chatbot(label="The session", height=520, elem_id="review-chat", group_consecutive_messages=False)
+            chat = gr.Chatbot(label="The session", height=520, elem_id="review-chat", group_consecutive_messages=False,
+                              latex_delimiters=[])  # no LaTeX: "$$" in a tool's output is text (render.py)
         with gr.Column(scale=4):
             picture = gr.Image(label="The step's overlay", type="filepath", interactive=False, height=380,
                                elem_id="review-image")  # a file that never changes: see Scratch.picture
