@@ -378,6 +378,8 @@ def test_login_is_required_when_auth_is_set(tmp_path):
     import urllib.error
     import urllib.request
 
+    import httpx
+
     from taco_app.store.db import Store
     from taco_app.ui.app import parse_auth, serve, stop
     from taco_app.ui.studio import Studio
@@ -395,6 +397,10 @@ def test_login_is_required_when_auth_is_set(tmp_path):
         assert refused.value.code in (401, 403)
         client = Client(f"http://127.0.0.1:{port}/", auth=("ana", "secret"), verbose=False)
         assert client.predict(api_name="/doctor_table")["data"]
+        # Gradio's own cancel route (a tab's running event, by its session hash) needs the login too.
+        cancel, body = f"http://127.0.0.1:{port}/gradio_api/cancel", {"session_hash": "x", "fn_index": 0, "event_id": "x"}
+        assert httpx.post(cancel, json=body, timeout=10).status_code == 401
+        assert httpx.post(cancel, json=body, cookies=client.cookies, timeout=10).status_code == 200
     finally:
         stop(app)
 
@@ -465,3 +471,68 @@ def test_no_chat_typesets_latex(server):
     components = Client(url, verbose=False).config["components"]
     chats = [c["props"] for c in components if c.get("type") == "chatbot"]
     assert len(chats) == 2 and all(props.get("latex_delimiters") == [] for props in chats)
+
+
+def test_a_run_belongs_to_the_login_the_address_and_the_tab():
+    from types import SimpleNamespace as Request
+
+    from taco_app.ui.live import Registry, owner
+
+    def request(user, host, tab):
+        return Request(username=user, client=Request(host=host), session_hash=tab)
+
+    registry = Registry()
+    run = registry.start(owner(request("ana", "10.0.0.1", "tab")))
+    assert registry.get(owner(request("ana", "10.0.0.1", "tab"))) is run
+    for other in (request("bob", "10.0.0.1", "tab"), request(None, "10.0.0.1", "tab"),
+                  request("ana", "10.0.0.2", "tab"), request("ana", "10.0.0.1", "other-tab")):
+        assert registry.get(owner(other)) is None
+        registry.forget(owner(other))  # e.g. that tab closing
+    assert not run.cancel.is_set()
+
+
+def test_another_login_cannot_drive_a_run_with_its_session_hash(tmp_path):
+    """Gradio's session hash is sent by the browser; a second user who sends the first user's hash
+    reaches no run of theirs: Submit step is refused, Stop stops nothing, the first run goes on."""
+    import httpx
+
+    from taco_app.store.db import Store
+    from taco_app.ui.app import serve, stop
+    from taco_app.ui.studio import MANUAL, Studio
+
+    from .ui_server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    app = serve("127.0.0.1", port, block=False, auth=[("ana", "ana-secret"), ("bob", "bob-secret")],
+                studio=Studio(Store.open(), probe=False))
+    try:
+        ana = Client(url, auth=("ana", "ana-secret"), verbose=False)
+        bob = Client(url, auth=("bob", "bob-secret"), verbose=False)
+        job = ana.submit([handle_file(str(FUEL))], "What is 6 times 7?", MANUAL, False, api_name="/ask")
+        while not any(isinstance(o[0], list) and o[0] for o in job.outputs()):
+            time.sleep(0.05)
+
+        def as_bob_in_anas_tab(api_name, *data):
+            """Bob's request (his login) naming Ana's session hash; its outcome reaches Ana's event stream."""
+            fn = next(d["id"] for d in bob.config["dependencies"] if d.get("api_name") == api_name)
+            joined = httpx.post(url + "gradio_api/queue/join", cookies=bob.cookies, timeout=10,
+                                json={"data": list(data), "fn_index": fn, "session_hash": ana.session_hash})
+            joined.raise_for_status()
+            event_id = joined.json()["event_id"]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                done = [m for m in ana.pending_messages_per_event.get(event_id, ()) if m["msg"] == "process_completed"]
+                if done:
+                    return done[0]
+                time.sleep(0.05)
+            raise TimeoutError(f"{api_name} did not finish")
+
+        hijack = as_bob_in_anas_tab("submit_step", "Bob was here.", "Terminate", '{"answer": "bob"}')
+        assert hijack["success"] is False and "No manual session is waiting" in str(hijack["output"])
+        assert as_bob_in_anas_tab("stop")["success"]  # it ran, and found no run of Bob's to stop
+        submit_when_waiting(ana, "It is 42.", "Terminate", '{"answer": "42"}')  # Ana's run still waits for her
+        final = job.result()
+        assert "· finished ·" in final[5] and "**Answer:** 42" in chat_text(final[0]) and "bob" not in chat_text(final[0])
+    finally:
+        stop(app)

@@ -14,7 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from taco_app import __version__
-from taco_app.ui.live import Registry
+from taco_app.ui.live import Registry, owner
 from taco_app.ui.scratch import Scratch
 from taco_app.ui.studio import Studio
 
@@ -68,7 +68,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 app.load(doctor_table, None, table)
 
         def forget(request: gr.Request) -> None:  # the tab closed: stop its run, drop its state
-            registry.forget(request.session_hash)
+            registry.forget(owner(request))
 
         app.unload(forget)
     errors.guard_app(app)  # every handler: failures shown as plain text, details to the server log
@@ -86,9 +86,11 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, auth: str | None = None,
-          block: bool = True, studio: Studio | None = None) -> Any:
+def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False,
+          auth: str | list[tuple[str, str]] | None = None, block: bool = True, studio: Studio | None = None) -> Any:
     """Start the app; returns the Blocks (with ``block=False``, for tests) after it is listening.
+
+    ``auth``: ``user:password`` (see :func:`parse_auth`), or a list of ``(user, password)`` pairs.
 
     Its temporary files live in a private folder of the data folder (:class:`Scratch`), removed when
     it stops: on Ctrl-C or SIGTERM, on :func:`stop`, or at exit.
@@ -96,7 +98,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, aut
     from taco_app.config import Settings
     from taco_app.store.db import Store
 
-    credentials = parse_auth(auth)
+    credentials = auth if isinstance(auth, list) else parse_auth(auth)
     settings = Settings.load()
     settings.ensure_home()
     # torch (under easyocr and the local model) keeps its compile cache in the system temp folder
@@ -116,7 +118,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False, aut
         app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
                    allowed_paths=[str(studio.store.images_root), str(scratch.overlays.root)], show_error=False,
                    quiet=True, css=CSS, footer_links=[], max_file_size=MAX_UPLOAD, ssr_mode=False,
-                   app_kwargs={"lifespan": scratch.lifespan})
+                   app_kwargs={"lifespan": scratch.lifespan, "middleware": [_login_for_cancel()]})
     except BaseException:
         scratch.remove()
         raise
@@ -132,6 +134,33 @@ def stop(app: gr.Blocks) -> None:
     scratch = getattr(app, "taco_scratch", None)
     if scratch is not None:
         scratch.remove()
+
+
+def _login_for_cancel() -> Any:
+    """Gradio (6.31) answers ``POST /gradio_api/cancel`` without asking for the login that every
+    other route of the app needs; it cancels a tab's running event given that tab's session hash.
+    With ``--auth``, this middleware refuses it (401) to anyone not logged in."""
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    class LoginForCancel:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            server = scope.get("app")
+            if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/gradio_api/cancel") \
+                    and getattr(server, "auth", None) is not None:
+                cookies = Request(scope).cookies
+                token = cookies.get(f"access-token-{server.cookie_id}") or \
+                    cookies.get(f"access-token-unsecure-{server.cookie_id}")
+                if server.tokens.get(token) is None:
+                    await JSONResponse({"detail": "Not authenticated"}, status_code=401)(scope, receive, send)
+                    return
+            await self.app(scope, receive, send)
+
+    return Middleware(LoginForCancel)
 
 
 def _stop_on_sigterm() -> None:

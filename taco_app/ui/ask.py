@@ -24,7 +24,7 @@ from taco_app.media import ImageLoadError
 from taco_app.store.files import ImageFiles
 from taco_app.ui import overlays, render
 from taco_app.ui.errors import inform, warn
-from taco_app.ui.live import Registry
+from taco_app.ui.live import Owner, Registry, owner
 from taco_app.ui.studio import MANUAL, Studio
 
 STREAM_INTERVAL_S = 0.05  # at most ~20 updates a second while text streams; every other event at once
@@ -81,7 +81,7 @@ def build(studio: Studio, registry: Registry) -> None:
     outputs = [chat, step, picture, caption, seen, info, review_box, review_text, review_name, review_args, manual_box]
 
     def ask(paths, text, label, paused, request: gr.Request):
-        yield from run_session(studio, registry, request.session_hash, paths, text, label, paused)
+        yield from run_session(studio, registry, owner(request), paths, text, label, paused)
 
     # After a run, the status line again: a first run has loaded the model (device, memory).
     run_button.click(ask, [files, question, choice, pause], outputs, api_name="ask", concurrency_limit=None
@@ -90,14 +90,14 @@ def build(studio: Studio, registry: Registry) -> None:
                     ).then(studio.status_line, None, status, api_name=False)
 
     def stop(request: gr.Request):
-        live = registry.get(request.session_hash)
+        live = registry.get(owner(request))
         if live is not None:
             live.stop()
 
     stop_button.click(stop, None, None, api_name="stop", concurrency_limit=None)
 
     def show_step(number, request: gr.Request):
-        live = registry.get(request.session_hash)
+        live = registry.get(owner(request))
         if live is None or number is None:
             return None, ""
         image, text = overlays.render_step(live.events, int(number))
@@ -106,7 +106,7 @@ def build(studio: Studio, registry: Registry) -> None:
     step.change(show_step, step, [picture, caption], concurrency_limit=None)
 
     def approve_action(name, arguments, request: gr.Request):
-        live = registry.get(request.session_hash)
+        live = registry.get(owner(request))
         try:
             parsed = json.loads(arguments or "{}")
         except json.JSONDecodeError as err:
@@ -120,7 +120,7 @@ def build(studio: Studio, registry: Registry) -> None:
     approve.click(approve_action, [review_name, review_args], review_box, concurrency_limit=None)
 
     def reject_action(request: gr.Request):
-        live = registry.get(request.session_hash)
+        live = registry.get(owner(request))
         if live is not None:
             live.decide(None)
         return gr.update(visible=False)
@@ -130,7 +130,7 @@ def build(studio: Studio, registry: Registry) -> None:
     def submit_step(thought, name, arguments, request: gr.Request):
         from taco_app.backends.manual import compose_step
 
-        live = registry.get(request.session_hash)
+        live = registry.get(owner(request))
         if live is None or live.manual is None or not live.manual.waiting:
             raise gr.Error("No manual session is waiting for a step: choose the manual model and press Run.")
         try:
@@ -176,7 +176,7 @@ def _inputs(paths: list[str] | None, question: str | None) -> list[InputImage]:
     return images
 
 
-def run_session(studio: Studio, registry: Registry, key: str, paths: list[str] | None, question: str | None,
+def run_session(studio: Studio, registry: Registry, key: Owner, paths: list[str] | None, question: str | None,
                 label: str, paused: bool) -> Iterator[tuple[Any, ...]]:
     """The Run handler: validate, then stream the session's events as component updates."""
     images = _inputs(paths, question)

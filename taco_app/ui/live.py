@@ -55,14 +55,31 @@ class LiveRun:
             self.manual.cancel()
 
 
+Owner = tuple[str, str, str]
+
+
+def owner(request: Any) -> Owner:
+    """Whose run a request may see and steer: (login, client address, Gradio session hash).
+
+    The session hash alone is chosen by the browser and sent with every request, so anyone who
+    learnt it could name it. The login (with ``--auth``) and the address the connection comes from
+    are not the caller's to choose: another user, or another machine, gets a different key and
+    never reaches this run. (Behind a proxy or a ``--share`` tunnel every address is the same;
+    the login still separates users.)
+    """
+    client = getattr(request, "client", None)
+    return (getattr(request, "username", None) or "", getattr(client, "host", None) or "",
+            getattr(request, "session_hash", None) or "")
+
+
 class Registry:
-    """The live run of each browser session, by Gradio's session hash."""
+    """The live run of each browser session, by :func:`owner`."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, LiveRun] = {}
+        self._runs: dict[Owner, LiveRun] = {}
         self._lock = threading.Lock()
 
-    def start(self, key: str) -> LiveRun:
+    def start(self, key: Owner) -> LiveRun:
         with self._lock:
             previous = self._runs.get(key)
             if previous is not None:
@@ -70,11 +87,11 @@ class Registry:
             run = self._runs[key] = LiveRun()
             return run
 
-    def get(self, key: str) -> LiveRun | None:
+    def get(self, key: Owner) -> LiveRun | None:
         with self._lock:
             return self._runs.get(key)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: Owner) -> None:
         with self._lock:
             run = self._runs.pop(key, None)
         if run is not None:
