@@ -398,7 +398,8 @@ def test_login_is_required_when_auth_is_set(tmp_path):
         client = Client(f"http://127.0.0.1:{port}/", auth=("ana", "secret"), verbose=False)
         assert client.predict(api_name="/doctor_table")["data"]
         # Gradio's own cancel route (a tab's running event, by its session hash) needs the login too.
-        cancel, body = f"http://127.0.0.1:{port}/gradio_api/cancel", {"session_hash": "x", "fn_index": 0, "event_id": "x"}
+        cancel = f"http://127.0.0.1:{port}/gradio_api/cancel"
+        body = {"session_hash": "x", "fn_index": 0, "event_id": "x"}
         assert httpx.post(cancel, json=body, timeout=10).status_code == 401
         assert httpx.post(cancel, json=body, cookies=client.cookies, timeout=10).status_code == 200
     finally:
@@ -533,6 +534,7 @@ def test_another_login_cannot_drive_a_run_with_its_session_hash(tmp_path):
         assert as_bob_in_anas_tab("stop")["success"]  # it ran, and found no run of Bob's to stop
         submit_when_waiting(ana, "It is 42.", "Terminate", '{"answer": "42"}')  # Ana's run still waits for her
         final = job.result()
-        assert "· finished ·" in final[5] and "**Answer:** 42" in chat_text(final[0]) and "bob" not in chat_text(final[0])
+        shown = chat_text(final[0])
+        assert "· finished ·" in final[5] and "**Answer:** 42" in shown and "bob" not in shown
     finally:
         stop(app)

@@ -233,8 +233,10 @@ def test_urls_addresses_and_latex_from_anyone_are_neither_links_nor_math():
     action = {"name": "http://x.org", "arguments": {"url": "http://x.org"}}
     events = [ev.SessionStarted(question=LINKS_AND_MATH),
               ev.ActionParsed(step=1, raw="r", thought=LINKS_AND_MATH, action=action),
-              ev.Observation(step=1, action=action, observation="OBSERVATION:\n$$x$$ http://x.org", error=LINKS_AND_MATH),
-              ev.FinalAnswer(step=2, answer=LINKS_AND_MATH), ev.Finished(step=2, status="failed", message=LINKS_AND_MATH)]
+              ev.Observation(step=1, action=action, observation="OBSERVATION:\n$$x$$ http://x.org",
+                             error=LINKS_AND_MATH),
+              ev.FinalAnswer(step=2, answer=LINKS_AND_MATH),
+              ev.Finished(step=2, status="failed", message=LINKS_AND_MATH)]
     for message in chat_messages(events):
         text = outside_code(message["content"]) + str(message["metadata"].get("title", ""))
         assert linkable(text) == [], text
