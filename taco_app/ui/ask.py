@@ -271,5 +271,11 @@ def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event |
     if finished is not None and event is None:
         info = (f"Session `{finished.session_id}` · {finished.status} · {finished.steps} step(s) · {finished.total_s:.2f} s"
                 + (f" · first update after {first_update * 1000:.0f} ms" if first_update is not None else "")
-                + " · saved; open it in the Review tab.")
+                + (" · saved; open it in the Review tab." if _stored(live.events)
+                   else f" · **not saved:** {render.escape_text(finished.message)}"))
     return (chat, step, picture, caption, seen, info, *review, manual)
+
+
+def _stored(events: list[ev.Event]) -> bool:
+    """False when the store could not keep the session (the database or the disk failed)."""
+    return not any(isinstance(e, ev.Error) and e.code == "store" for e in events)
