@@ -21,18 +21,27 @@ class SettingsError(ValueError):
 DEFAULT_DB_TIMEOUT = 30.0  # seconds: SQLite's wait for a lock; PostgreSQL's connect and statement limits
 
 
-def db_timeout() -> float:
-    """``TACO_DB_TIMEOUT`` in seconds (default 30); a bad value stops the command with its name."""
-    raw = os.environ.get("TACO_DB_TIMEOUT", "").strip()
+def seconds(name: str, default: float) -> float:
+    """A ``TACO_*`` duration in seconds from the environment (``default`` when unset).
+
+    A value that is not a positive number of seconds (at most a day) is a :class:`SettingsError`
+    that names the variable.
+    """
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_DB_TIMEOUT
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 < value < 86_400:
-        raise SettingsError(f"TACO_DB_TIMEOUT must be a number of seconds between 0 and 86400, got {raw!r}: fix or unset it")
+    if not 0 < value <= 86_400:
+        raise SettingsError(f"{name} must be a positive number of seconds (at most 86400), got {raw!r}: fix or unset it")
     return value
+
+
+def db_timeout() -> float:
+    """``TACO_DB_TIMEOUT``: the longest wait on the database (default 30 s)."""
+    return seconds("TACO_DB_TIMEOUT", DEFAULT_DB_TIMEOUT)
 
 
 @dataclass(frozen=True)

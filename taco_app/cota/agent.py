@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import queue
 import threading
@@ -262,19 +261,12 @@ def _as_action(value: Any) -> dict[str, Any]:
 
 def tool_timeout(tool: Tool) -> float:
     """Seconds one call of ``tool`` may take: its own ``timeout_s``, else ``TACO_TOOL_TIMEOUT``, else 120."""
+    from taco_app.config import seconds
+
     own = getattr(tool, "timeout_s", None)
     if own is not None:
         return float(own)
-    raw = os.environ.get("TACO_TOOL_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TOOL_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"TACO_TOOL_TIMEOUT must be a positive number of seconds, got {raw!r}: fix or unset it")
-    return value
+    return seconds("TACO_TOOL_TIMEOUT", DEFAULT_TOOL_TIMEOUT)
 
 
 _idle: list[queue.SimpleQueue] = []  # tool workers waiting for a call (reused: a new thread costs ~10x more)
