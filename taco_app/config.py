@@ -67,11 +67,14 @@ class Settings:
     def ensure_home(self) -> Path:
         """Create the data folder readable by its owner only: it holds people's photos and questions.
 
-        An existing folder is left as its owner set it.
+        An existing folder is left as its owner set it. torch (under easyocr and the local model) keeps
+        its compile cache in the system temp folder, readable by every user there, unless told
+        otherwise: it is told to use this folder's ``cache/``.
         """
         if not self.home.exists():
             self.home.mkdir(parents=True, exist_ok=True)
             self.home.chmod(0o700)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.cache_dir / "torchinductor"))
         return self.home
 
     @classmethod

@@ -173,3 +173,22 @@ def test_prompt_reads_a_trace_only_from_a_regular_file_of_bounded_size(tmp_path)
     for path, words in expected.items():
         done = app("prompt", "--trace", str(path))
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+
+
+def test_a_run_writes_nothing_to_the_system_temp_folder(tmp_path):
+    """torch under easyocr made an empty, world-listable torchinductor_<user> folder in TMPDIR."""
+    import os
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    script = tmp_path / "s.json"
+    script.write_text(json.dumps(['{"thought":"read","actions":[{"name":"OCR","arguments":{"image":"image-0"}}]}',
+                                  '{"thought":"done","actions":[{"name":"Terminate","arguments":{"answer":"x"}}]}']))
+    done = subprocess.run([sys.executable, "app.py", "--home", str(tmp_path / "home"), "run", "--image",
+                           str(ROOT / "assets" / "examples" / "fuel_prices.png"), "--question", "q", "--backend",
+                           f"replay:{script}", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(tmp)})
+    assert done.returncode == 0, done.stderr
+    assert json_lines(done.stdout)[-1]["status"] == "finished"
+    assert list(tmp.iterdir()) == []

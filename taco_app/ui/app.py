@@ -100,10 +100,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False,
 
     credentials = auth if isinstance(auth, list) else parse_auth(auth)
     settings = Settings.load()
-    settings.ensure_home()
-    # torch (under easyocr and the local model) keeps its compile cache in the system temp folder
-    # unless told otherwise, readable by every user there.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir / "torchinductor"))
+    settings.ensure_home()  # also keeps torch's compile cache in it
     scratch = Scratch(settings.temp_dir)
     atexit.register(scratch.remove)
     scratch.activate()  # before the Blocks is built: its components read GRADIO_TEMP_DIR when created
