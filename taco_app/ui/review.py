@@ -20,6 +20,7 @@ import gradio as gr
 from taco_app.store import queries
 from taco_app.store.export import FORMATS, export
 from taco_app.ui import overlays, render
+from taco_app.ui.live import Owner, owner
 from taco_app.ui.studio import Studio
 
 COLUMNS = ["id", "when", "question", "answer", "status", "steps", "rating", "model"]
@@ -252,7 +253,7 @@ def build_export(studio: Studio) -> None:
         gr.Info(f"Exported {result.count} session(s).")
         return archive, counted(*values)
 
-    zips: dict[str, Path] = {}  # each browser tab's latest zip, removed when its next export replaces it
+    zips: dict[Owner, Path] = {}  # each browser tab's latest zip, removed when its next export replaces it
     zips_lock = threading.Lock()
 
     def run_export(fmt_, rating_, corrected_, since_, request: gr.Request):
@@ -261,10 +262,10 @@ def build_export(studio: Studio) -> None:
             archive, count = zip_export(work, fmt_, rating_, corrected_, since_)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        previous = None
+        previous, key = None, owner(request)  # not the session hash alone: another client could name it
         if request.session_hash:
             with zips_lock:
-                previous, zips[request.session_hash] = zips.get(request.session_hash), Path(archive).parent
+                previous, zips[key] = zips.get(key), Path(archive).parent
         if previous is not None:  # that download was replaced by this one
             shutil.rmtree(previous, ignore_errors=True)
         return archive, count
