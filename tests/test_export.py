@@ -216,6 +216,11 @@ def _many_sessions(store: Store, n: int, start: int = 0) -> None:
                            action={"name": "Terminate", "arguments": {"answer": "42"}}, action_name="Terminate"))
 
 
+def _child_env() -> dict[str, str]:
+    """A child process reads this module's store: SQLite in TACO_HOME, whatever database other tests use."""
+    return {name: value for name, value in os.environ.items() if name != "TACO_DB_URL"}
+
+
 def _export_with_file_size_limit(tmp_path: Path, out: Path, limit: int, *, killed: bool) -> subprocess.CompletedProcess:
     """`app.py export --force` in a child that may write at most ``limit`` bytes into any one file.
 
@@ -235,7 +240,7 @@ def _export_with_file_size_limit(tmp_path: Path, out: Path, limit: int, *, kille
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     assert signal.SIGXFSZ
-    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ}, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_child_env(), capture_output=True, text=True,
                           preexec_fn=limit_file_size, timeout=120)
 
 
@@ -262,7 +267,7 @@ def test_an_export_killed_mid_write_leaves_the_earlier_files_whole(earlier_expor
 
     done = subprocess.run([sys.executable, "-c", "import sys; from taco_app.cli import main; "
                            f"sys.exit(main(['export', '--format', 'cota-mantis', '--force', '--out', {str(out)!r}]))"],
-                          cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=_child_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(_rows(out)) == 3000  # and the next export replaces them whole
 
