@@ -58,8 +58,8 @@ def measure(folder: Path, quantisation: str, device: str, new_tokens: int) -> di
     import torch
     from PIL import Image
 
-    from taco_app.backends.loading import LoadOptions
-    from taco_app.backends.local import TransformersBackend
+    from taco_app.backends.transformers.loading import LoadOptions
+    from taco_app.backends.transformers.backend import TransformersBackend
     from taco_app.cota.prompt import assistant_turn, build_prompt, observation_turn, user_request
 
     cuda = device.startswith("cuda")

@@ -23,7 +23,7 @@ from skimage import data
 
 from PIL import Image, ImageOps
 
-from taco_app.tools.models import MODELS
+from taco_app.weights import MODELS
 
 
 def photo(name: str) -> Image.Image:

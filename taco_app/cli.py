@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "ui"
     if command != "ui":  # a command's failure is its one line on stderr; the web app logs details instead
         logging.getLogger("taco_app").addHandler(logging.NullHandler())
-    from taco_app.config import SettingsError
+    from taco_app.settings import SettingsError
     from taco_app.store.db import StoreError
 
     try:
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from taco_app.backends import BackendError, BackendOptions, create_backend
     from taco_app.cota import events as ev
-    from taco_app.cota.agent import InputImage, run
+    from taco_app.runner import InputImage, run
     from taco_app.media import ImageLoadError
 
     from taco_app.cota.prompt import check_question
@@ -201,7 +201,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from taco_app.tools import default_tools
-    from taco_app.tools.models import MODELS
+    from taco_app.weights import MODELS
 
     rows = [("action", "model", "weights here", "runs now", "fix")]
     for name, tool in default_tools().tools.items():
@@ -227,7 +227,7 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Fetch every tool weight (and with --taco the TACO checkpoints) into the Hugging Face cache."""
-    from taco_app.tools.models import SLOTS, TACO_CHECKPOINTS, download
+    from taco_app.weights import SLOTS, TACO_CHECKPOINTS, download
 
     targets = [(slot.title, slot.model_id) for slot in SLOTS if not args.only or slot.key in args.only]
     if args.taco:
@@ -263,7 +263,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Progress on stderr; stdout is only the converted folder, for scripts."""
-    from taco_app.backends.convert import ConversionError, convert
+    from taco_app.backends.transformers.convert import ConversionError, convert
 
     try:
         dst = convert(args.src, args.dst, progress=lambda line: print(line, file=sys.stderr, flush=True))

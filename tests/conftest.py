@@ -10,7 +10,7 @@ import pytest
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.cota.agent import run
+from taco_app.runner import run
 from taco_app.store.files import ImageFiles
 
 ROOT = Path(__file__).resolve().parent.parent

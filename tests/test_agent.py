@@ -9,7 +9,7 @@ from PIL import Image
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.cota.agent import run
+from taco_app.runner import run
 from taco_app.tools import Tool, default_tools
 from taco_app.tools.base import IMAGE, ProducedImage, UnavailableTool
 
@@ -221,7 +221,7 @@ def test_hostile_output_becomes_a_clear_observation_quickly(name, photo, tmp_pat
 
 
 def test_a_runaway_reply_is_cut_and_the_session_goes_on(photo):
-    from taco_app.cota.agent import MAX_REPLY_CHARS
+    from taco_app.runner import MAX_REPLY_CHARS
 
     huge = '{"thought":"' + "blah " * 200_000 + '","actions":[]}'  # 1 MB in one step
     started = time.perf_counter()

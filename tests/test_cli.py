@@ -156,7 +156,7 @@ def test_doctor_lists_every_action():
 
 
 def test_importing_the_package_does_not_import_torch():
-    code = "import sys, taco_app.cli, taco_app.cota.agent, taco_app.tools; print('torch' in sys.modules, 'gradio' in sys.modules)"
+    code = "import sys, taco_app.cli, taco_app.runner, taco_app.tools; print('torch' in sys.modules, 'gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
 

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from taco_app.backends.convert import ConversionError, _pinpoints, convert
+from taco_app.backends.transformers.convert import ConversionError, _pinpoints, convert
 from tests.tiny import llava_qwen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,7 +280,7 @@ REAL_CONFIG = {
 
 def test_the_real_checkpoint_maps_onto_llava_hf_settings():
     """Headers with the 7B shapes (no data): the plan and config match llava-hf/llava-onevision-qwen2-7b-ov-hf."""
-    from taco_app.backends import convert as conversion
+    from taco_app.backends.transformers import convert as conversion
 
     def tensor(key, *shape):
         return key, conversion._Tensor(Path("x.safetensors"), key, "BF16", list(shape), 2 * math.prod(shape))

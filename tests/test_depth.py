@@ -19,7 +19,7 @@ from PIL import Image
 
 from taco_app.tools import depth
 from taco_app.tools.depth import EstimateObjectDepth, EstimateRegionDepth
-from taco_app.tools.models import DEPTH, MODELS, ModelUnavailable
+from taco_app.weights import DEPTH, MODELS, ModelUnavailable
 
 
 @pytest.fixture(scope="session")

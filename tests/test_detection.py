@@ -16,7 +16,7 @@ from PIL import Image
 from taco_app.cota import events as ev
 from taco_app.tools import default_tools, detection
 from taco_app.tools.detection import LocalizeObjects, drop_duplicates, localize, match_label, number_labels
-from taco_app.tools.models import DETECTION, MODELS, ModelUnavailable
+from taco_app.weights import DETECTION, MODELS, ModelUnavailable
 
 from .conftest import of_kind, run_session
 from .tiny.grounding_dino import build

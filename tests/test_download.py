@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from taco_app import cli
-from taco_app.tools import models
-from taco_app.tools.models import DEPTH, local_path
+from taco_app import weights
+from taco_app.weights import DEPTH, local_path
 
 
 @pytest.fixture

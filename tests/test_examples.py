@@ -6,7 +6,7 @@ import pytest
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.cota.agent import InputImage, run
+from taco_app.runner import InputImage, run
 from taco_app.examples import ASSETS, EXAMPLES
 
 from .conftest import of_kind

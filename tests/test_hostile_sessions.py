@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from taco_app.backends import ReplayBackend
-from taco_app.cota.agent import MAX_REPLY_CHARS, run
+from taco_app.runner import MAX_REPLY_CHARS, run
 from taco_app.store.db import Store
 from taco_app.store.queries import get_trace
 

@@ -10,11 +10,11 @@ import time
 import pytest
 from PIL import Image
 
-from taco_app.backends.base import BackendError
+from taco_app.cota.backend import BackendError
 from taco_app.backends.manual import ManualBackend, compose_step
 from taco_app.backends.replay import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.cota.agent import run, step_text
+from taco_app.runner import run, step_text
 from taco_app.store import queries
 from taco_app.store.db import Store
 from taco_app.store.export import export

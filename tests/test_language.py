@@ -61,7 +61,7 @@ class TalkingReplay(ReplayBackend):
 
 
 def test_a_backend_with_a_language_model_answers(tmp_path):
-    from taco_app.cota.agent import run
+    from taco_app.runner import run
     from taco_app.store.files import ImageFiles
 
     events = list(run("Q?", [], TalkingReplay([ASK, TERMINATE]), files=ImageFiles(tmp_path),

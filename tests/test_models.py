@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from taco_app.tools.models import ModelManager, ModelSlot, ModelUnavailable, from_pretrained, local_path
+from taco_app.weights import ModelManager, ModelSlot, ModelUnavailable, from_pretrained, local_path
 
 A = ModelSlot("a", "Model A", "org/a", "TEST_MODEL_A")
 B = ModelSlot("b", "Model B", "org/b", "TEST_MODEL_B")

@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from taco_app.backends.base import BackendError
+from taco_app.cota.backend import BackendError
 from taco_app.backends.openai import CHAT_TEMPLATES, OpenAIBackend, encode_image
 from taco_app.cota import events as ev
-from taco_app.cota.agent import run
+from taco_app.runner import run
 from taco_app.cota.prompt import IMAGE_TOKEN, LLAMA3_SYSTEM, Prompt, build_prompt, observation_turn, user_request
 from taco_app.store import queries
 from taco_app.store.db import Store

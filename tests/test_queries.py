@@ -9,7 +9,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from taco_app.backends import ReplayBackend
-from taco_app.cota.agent import run
+from taco_app.runner import run
 from taco_app.store import queries as q
 from taco_app.store.db import Store
 from taco_app.store.schema import SessionRow

@@ -14,7 +14,7 @@ import pytest
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.cota.agent import InputImage, run
+from taco_app.runner import InputImage, run
 from taco_app.cota.traces import Conversation, load_trace
 
 pytestmark = [pytest.mark.slow, pytest.mark.reference]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from taco_app.tools import similarity as sim
-from taco_app.tools.models import CLIP, MODELS, ModelUnavailable
+from taco_app.weights import CLIP, MODELS, ModelUnavailable
 from taco_app.tools.similarity import GetImageToImagesSimilarity, GetImageToTextsSimilarity, GetTextToImagesSimilarity
 from taco_app.tools.tagging import PROMPT, GetObjects, load_vocabulary, select
 from tests.tiny.clip import build

@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.cota.agent import run
+from taco_app.runner import run
 from taco_app.store.db import Store
 from taco_app.store.schema import SCHEMA_VERSION, ImageRow, SessionRow
 
@@ -62,7 +62,7 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
     """A database as version 1 made it (no steps.action_name): opening it migrates and keeps all."""
     from sqlalchemy import create_engine, inspect
 
-    from taco_app.config import Settings
+    from taco_app.settings import Settings
     from taco_app.store.schema import Base
 
     url = Settings.load().db_url
@@ -121,7 +121,7 @@ CRASHING_SESSION = """
 import time, sys
 from PIL import Image
 from taco_app.backends import ReplayBackend
-from taco_app.cota.agent import run
+from taco_app.runner import run
 from taco_app.store.db import Store
 
 class Slow(ReplayBackend):

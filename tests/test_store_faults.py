@@ -23,7 +23,7 @@ from PIL import Image
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.cota.agent import run
+from taco_app.runner import run
 from taco_app.store import StoreError
 from taco_app.store import queries
 from taco_app.store.db import Store

@@ -11,7 +11,7 @@ from PIL import Image
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.cota.agent import run, tool_timeout
+from taco_app.runner import run, tool_timeout
 from taco_app.store import queries
 from taco_app.store.db import Store
 from taco_app.store.files import ImageFiles
@@ -201,7 +201,7 @@ def test_an_image_no_larger_than_the_input_is_kept_as_is(store):
 
 def test_out_of_gpu_memory_frees_the_tool_models_and_the_session_goes_on(store, photo, monkeypatch):
     torch = pytest.importorskip("torch")
-    from taco_app.tools.models import MODELS
+    from taco_app.weights import MODELS
 
     cleared = []
     monkeypatch.setattr(MODELS, "clear", lambda: cleared.append(True))

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from taco_app.backends import BackendError
-from taco_app.backends.loading import LoadOptions, load_processor, resolve
-from taco_app.backends.local import Detokenizer, PrefixCache, TransformersBackend, common_prefix
+from taco_app.backends.transformers.loading import LoadOptions, load_processor, resolve
+from taco_app.backends.transformers.backend import Detokenizer, PrefixCache, TransformersBackend, common_prefix
 from taco_app.cota import events as ev
-from taco_app.cota.agent import run
+from taco_app.runner import run
 from taco_app.cota.prompt import build_prompt, user_request
 from taco_app.cota.traces import load_trace
 from taco_app.store.db import Store
@@ -319,7 +319,7 @@ def test_load_failures_are_explained_and_the_app_goes_on(siglip_checkpoint, monk
 
 @pytest.fixture(scope="module")
 def qwen_checkpoint(tmp_path_factory):
-    from taco_app.backends.convert import convert
+    from taco_app.backends.transformers.convert import convert
 
     from .tiny import llava_qwen
 
@@ -403,7 +403,7 @@ def test_a_hub_id_loads_from_the_local_cache_at_a_revision(siglip_checkpoint, tm
 
 
 def test_a_folder_under_models_is_found_by_name(siglip_checkpoint, monkeypatch, tmp_path):
-    from taco_app.backends import loading
+    from taco_app.backends.transformers import loading
 
     monkeypatch.setattr(loading, "MODELS_DIR", tmp_path)
     (tmp_path / "llama3-siglip-mantis-taco-8b").symlink_to(siglip_checkpoint)

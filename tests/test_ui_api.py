@@ -284,8 +284,8 @@ def test_manual_mode_over_the_api(server):
 
 def test_the_local_model_loads_with_progress_and_runs(tmp_path_factory):
     """The "TACO model (local)" choice on a tiny checkpoint: progress while loading, then streamed steps."""
-    from taco_app.backends.loading import LoadOptions
-    from taco_app.backends.local import TransformersBackend
+    from taco_app.backends.transformers.loading import LoadOptions
+    from taco_app.backends.transformers.backend import TransformersBackend
     from taco_app.store.db import Store
     from taco_app.ui.studio import LOCAL, Studio
 

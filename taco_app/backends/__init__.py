@@ -1,7 +1,7 @@
 """Backends: where model text comes from. Heavy ones import their libraries only when chosen.
 
 - ``replay:FILE`` plays recorded model outputs (demos without a GPU, tests).
-- ``transformers[:MODEL]`` runs a TACO checkpoint on this machine (``local.py``, ``loading.py``).
+- ``transformers[:MODEL]`` runs a TACO checkpoint on this machine (the ``transformers`` package).
 - ``openai`` talks to any OpenAI-compatible server, e.g. vLLM serving a TACO checkpoint.
 - ``auto`` is the local checkpoint when CUDA and its weights are here; otherwise it says why not.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from taco_app.backends.base import Backend, BackendError
+from taco_app.cota.backend import Backend, BackendError
 from taco_app.backends.replay import ReplayBackend
 
 __all__ = ["Backend", "BackendError", "BackendOptions", "ReplayBackend", "create_backend", "auto_choice"]
@@ -55,8 +55,8 @@ def create_backend(spec: str, options: BackendOptions | None = None) -> Backend:
 
 
 def _transformers(model_id: str | None, options: BackendOptions) -> Backend:
-    from taco_app.backends.loading import LoadOptions
-    from taco_app.backends.local import TransformersBackend
+    from taco_app.backends.transformers.loading import LoadOptions
+    from taco_app.backends.transformers.backend import TransformersBackend
 
     backend = TransformersBackend(LoadOptions.from_env(
         model_id=model_id, device=options.device, quantisation=options.quantisation, revision=options.revision,
@@ -78,8 +78,8 @@ def auto_choice(options: BackendOptions | None = None) -> tuple[Backend | None, 
 
 def doctor_rows() -> list[tuple[str, str, str, str, str]]:
     """(backend, model, weights here, runs now, fix) for ``python app.py doctor``; loads nothing heavy."""
-    from taco_app.backends.loading import LoadOptions, resolve
-    from taco_app.tools.models import cuda_available
+    from taco_app.backends.transformers.loading import LoadOptions, resolve
+    from taco_app.weights import cuda_available
 
     options = LoadOptions.from_env()
     try:

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from taco_app.backends.base import BackendError
+from taco_app.cota.backend import BackendError
 from taco_app.cota.prompt import Prompt
 from taco_app.cota.registry import action_names
 
@@ -100,7 +100,7 @@ def compose_step(thought: str, name: str, arguments: dict[str, Any] | str) -> st
     action name that TACO does not have. Whether the arguments suit the action is checked when it
     runs, as for a model (a wrong one becomes the failed-execution observation).
     """
-    from taco_app.cota.agent import step_text  # here, not at import: agent imports the backends package
+    from taco_app.runner import step_text  # here, not at import: agent imports the backends package
 
     if not isinstance(thought, str):
         raise ValueError(f"the thought must be text, not {type(thought).__name__}")

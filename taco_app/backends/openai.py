@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from taco_app.backends.base import BackendError, Chunk
+from taco_app.cota.backend import BackendError, Chunk
 from taco_app.cota.events import Usage
 from taco_app.cota.prompt import FAMILIES, IMAGE_TOKEN, Prompt, chat_system
 

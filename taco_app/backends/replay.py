@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 from PIL import Image
 
-from taco_app.backends.base import BackendError
+from taco_app.cota.backend import BackendError
 from taco_app.cota.prompt import Prompt
 
 _CHUNK = re.compile(r"\s*\S{1,12}|\s+")  # a word (at most 12 characters) with its leading space

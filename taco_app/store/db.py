@@ -133,7 +133,7 @@ class Store:
         ``timeout_s`` bounds every wait on the database: SQLite's wait for a lock, PostgreSQL's
         connection and each statement (default ``TACO_DB_TIMEOUT``, 30 s).
         """
-        from taco_app.config import db_timeout
+        from taco_app.settings import db_timeout
 
         self.url = url
         self.images_root = Path(images_root)
@@ -202,7 +202,7 @@ class Store:
 
     @classmethod
     def open(cls) -> "Store":
-        from taco_app.config import Settings
+        from taco_app.settings import Settings
 
         settings = Settings.load()
         settings.ensure_home()
@@ -319,7 +319,7 @@ class Store:
 
 def tool_versions() -> dict[str, str]:
     """The models the tools would use in this session (ids or local folders), for later review."""
-    from taco_app.tools.models import SLOTS
+    from taco_app.weights import SLOTS
     from taco_app.tools.ocr import OCR
 
     versions = {slot.key: slot.model_id for slot in SLOTS}

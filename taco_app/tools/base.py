@@ -77,7 +77,7 @@ class Tool:
         """Whether this tool can run here, without loading anything heavy."""
         if self.slot is None:
             return ToolStatus(self.model_id or "built in", "-", True)
-        from taco_app.tools.models import local_path
+        from taco_app.weights import local_path
 
         model_id = self.slot.model_id
         here = local_path(model_id) is not None

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from taco_app.tools.base import BBOX, IMAGE, TEXT, ImageLookup, Tool, ToolResult, ToolStatus, content_key
-from taco_app.tools.models import (
+from taco_app.weights import (
     DEPTH,
     DETECTION,
     MODELS,

@@ -21,9 +21,9 @@ from typing import Any
 
 from PIL import Image
 
-from taco_app.tools import models
+from taco_app import weights
 from taco_app.tools.base import IMAGE, IMAGES, TEXT, TEXTS, ImageLookup, Tool, ToolResult, as_list, image_id
-from taco_app.tools.models import CLIP, MODELS
+from taco_app.weights import CLIP, MODELS
 
 IMAGE_BATCH = 32  # images per forward pass: bounded memory for long lists, one pass for usual ones
 TEXT_BATCH = 256

@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from taco_app.tools.base import IMAGE, Tool, ToolResult
-from taco_app.tools.models import CLIP
+from taco_app.weights import CLIP
 from taco_app.tools.similarity import embedder
 
 VOCABULARY_FILE = Path(__file__).resolve().parent / "data" / "tag_vocabulary.txt"

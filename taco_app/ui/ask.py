@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from taco_app.backends.base import BackendError
+from taco_app.cota.backend import BackendError
 from taco_app.cota import events as ev
-from taco_app.cota.agent import InputImage, run
+from taco_app.runner import InputImage, run
 from taco_app.cota.prompt import check_question
 from taco_app.cota.registry import action_names
 from taco_app.media import ImageLoadError

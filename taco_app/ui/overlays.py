@@ -34,7 +34,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def images_root() -> Path:
-    from taco_app.config import Settings
+    from taco_app.settings import Settings
 
     return Settings.load().images_dir
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from taco_app.backends import BackendOptions, ReplayBackend, auto_choice
-from taco_app.backends.base import Backend, BackendError
+from taco_app.cota.backend import Backend, BackendError
 from taco_app.examples import ASSETS, EXAMPLES
 
 LOCAL = "TACO model (local)"

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from taco_app.backends.base import BackendError
-from taco_app.tools.models import cuda_available, downloads_allowed, local_path
+from taco_app.cota.backend import BackendError
+from taco_app.weights import cuda_available, downloads_allowed, local_path
 
 DEFAULT_MODEL = "Salesforce/llama3-siglip-mantis-taco-8b"
 QUANTISATIONS = ("4bit", "8bit", "none")

@@ -121,7 +121,7 @@ def _follow_umask(folder: Path) -> None:
 
 
 def _source_folder(src: str | Path) -> Path:
-    from taco_app.tools.models import local_path
+    from taco_app.weights import local_path
 
     folder = Path(src).expanduser()
     if folder.is_dir() and not (folder / "config.json").is_file():
@@ -265,7 +265,7 @@ def _vision_settings(config: dict[str, Any], tensors: dict[str, _Tensor]) -> tup
 
 def _tower_config(name: str) -> tuple[dict[str, Any] | None, str]:
     """The tower's own vision settings when it is a local folder or in the HF cache (full SigLIP or vision-only)."""
-    from taco_app.tools.models import local_path
+    from taco_app.weights import local_path
 
     folder = local_path(name)
     if folder is None:

@@ -17,8 +17,8 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from taco_app.backends.base import BackendError, Chunk
-from taco_app.backends.loading import LoadOptions, Loaded, ModelStatus, family_of, hub_kwargs, plan, resolve, timed_load
+from taco_app.cota.backend import BackendError, Chunk
+from taco_app.backends.transformers.loading import LoadOptions, Loaded, ModelStatus, family_of, hub_kwargs, plan, resolve, timed_load
 from taco_app.cota.events import Usage
 from taco_app.cota.prompt import Prompt, wrap_chat
 

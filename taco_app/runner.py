@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
-from taco_app.backends.base import Backend
+from taco_app.cota.backend import Backend
 from taco_app.cota import events as ev
 from taco_app.cota.parser import ParseFailure, parse
 from taco_app.cota.prompt import (
@@ -141,7 +141,7 @@ def run(
     The review should return None when ``cancel`` is set while it waits; the loop checks ``cancel``
     again as soon as it returns.
     """
-    from taco_app.config import Settings
+    from taco_app.settings import Settings
 
     tools = tools or default_tools()
     files = files or ImageFiles(Settings.load().images_dir)
@@ -261,7 +261,7 @@ def _as_action(value: Any) -> dict[str, Any]:
 
 def tool_timeout(tool: Tool) -> float:
     """Seconds one call of ``tool`` may take: its own ``timeout_s``, else ``TACO_TOOL_TIMEOUT``, else 120."""
-    from taco_app.config import seconds
+    from taco_app.settings import seconds
 
     own = getattr(tool, "timeout_s", None)
     if own is not None:
@@ -363,7 +363,7 @@ def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]
             return None
     except Exception as err:  # a tool failure is the model's to handle, as in TACO
         if _out_of_memory(err):
-            from taco_app.tools.models import MODELS
+            from taco_app.weights import MODELS
 
             MODELS.clear()  # the tool models filled the GPU; the next call loads only what it needs
             err = RuntimeError(f"{action['name']} ran out of GPU memory; the app freed its tool models, try again")
