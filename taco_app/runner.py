@@ -48,6 +48,7 @@ from taco_app.cota.prompt import (
     parse_error_turn,
     user_request,
 )
+from taco_app.drawing import fit_within
 from taco_app.media import load_image_info
 from taco_app.store.files import ImageFiles
 from taco_app.tools import ProducedImage, Tool, Toolbox, ToolResult, default_tools
@@ -339,15 +340,6 @@ def _out_of_memory(error: BaseException) -> bool:
     return any(cls.__name__ == "OutOfMemoryError" for cls in type(error).__mro__)
 
 
-def _capped(image: Image.Image, limit: int) -> Image.Image:
-    """``image`` with no side over ``limit`` pixels, aspect kept; the same image if it fits."""
-    if max(image.size) <= limit:
-        return image
-    scale = limit / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # reducing_gap: fast on huge images
-
-
 def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any], language_model: Any,
              cancel: threading.Event | None = None) -> Iterator[ev.Event]:
     """Run one action; yields its events and returns the turn to feed back, or None if ``cancel`` stopped it."""
@@ -382,7 +374,7 @@ def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]
     downscaled: dict[str, list[int]] = {}
     for key, value in result.output.items():
         if isinstance(value, ProducedImage):
-            picture = _capped(value.image, limit)
+            picture = fit_within(value.image, limit, reducing_gap=3.0)
             info = session.add_image(picture, role="tool", parent=value.parent, bbox=value.bbox, step=step, action=action["name"])
             if picture is not value.image:
                 downscaled[info.image_id] = [value.image.width, value.image.height]
@@ -395,7 +387,7 @@ def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]
     if downscaled:
         overlays["downscaled_from"] = downscaled
     for name, picture in result.artifacts.items():  # for the UI only; the model never sees these
-        sha256, path = session.files.save(_capped(picture, limit))
+        sha256, path = session.files.save(fit_within(picture, limit, reducing_gap=3.0))
         overlays.setdefault("artifacts", {})[name] = {"sha256": sha256, "path": str(path)}
     if "regions" in overlays and "image" in action["arguments"]:
         overlays.setdefault("on", image_id(action["arguments"]["image"]))

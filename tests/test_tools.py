@@ -3,9 +3,10 @@
 import pytest
 from PIL import Image
 
+from taco_app.drawing import draw_regions
 from taco_app.tools import default_tools
 from taco_app.tools.base import check_bbox, image_id
-from taco_app.tools.imageops import draw_regions, expand_bbox
+from taco_app.tools.imageops import expand_bbox
 from taco_app.tools.ocr import reading_order, weights_dir
 
 

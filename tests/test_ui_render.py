@@ -21,11 +21,10 @@ from skimage import data
 
 from taco_app.cota import events as ev
 from taco_app.cota.parser import partial_thought
+from taco_app.drawing import COLOURS, colorize_depth, colormap
 from taco_app.store.db import Store
 from taco_app.store.files import ImageFiles
 from taco_app.store.queries import get_trace
-from taco_app.tools.depth import colorize, colormap
-from taco_app.tools.imageops import COLOURS
 from taco_app.ui.overlays import render_step
 from taco_app.ui.render import ChatView, chat_messages, code_block, escape_text, images_seen, step_choices, trace_events
 
@@ -356,7 +355,7 @@ def test_crop_region_is_outlined_on_the_parent_and_faces_are_boxed(taco_home):
 def depth_events(files: ImageFiles, size: tuple[int, int]) -> tuple[list[ev.Event], Path]:
     width, height = size
     depth = np.tile(np.linspace(0.0, 5.0, width, dtype=np.float32), (height, 1))  # near on the left
-    sha, path = files.save(colorize(depth))
+    sha, path = files.save(colorize_depth(depth))
     overlays = {"regions": [{"label": "depth", "bbox": [0.4, 0.4, 0.6, 0.6]}], "depth_range": [0.0, 5.0],
                 "artifacts": {"depth_map": {"sha256": sha, "path": str(path)}}}
     arguments = {"image": "image-0", "bbox": [0.4, 0.4, 0.6, 0.6]}

@@ -6,7 +6,8 @@ larger values for closer pixels, TACO reports *smaller = closer*, so the nearest
 Maps live in a process-wide LRU keyed by image content and model id, so asking about a second
 region of the same image — in this session or a later one — reads the cached map instead of
 running the model again. Each call also returns a coloured depth map for the UI only (near =
-bright, far = dark, with a scale bar); the model sees just ``{"depth": <float, 2 decimals>}``.
+bright, far = dark, with a scale bar: :func:`taco_app.drawing.colorize_depth`); the model sees just
+``{"depth": <float, 2 decimals>}``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+from taco_app.drawing import colorize_depth
 from taco_app.tools.base import BBOX, IMAGE, TEXT, ImageLookup, Tool, ToolResult, ToolStatus, content_key
 from taco_app.weights import (
     DEPTH,
@@ -33,12 +34,6 @@ MODES = ("mean", "center", "mode")
 CACHE_ENTRIES = 16  # distinct images whose maps stay in memory
 CACHE_BYTES = 512 * 2**20  # ... and never more than this (a 12 MP photo costs ~84 MB)
 NOT_FOUND = "Object not found."
-
-# matplotlib's "inferno" at 11 evenly spaced stops; interpolated below so matplotlib is not needed.
-_INFERNO = np.array([
-    (0, 0, 4), (22, 11, 57), (66, 10, 104), (106, 23, 110), (147, 38, 103), (188, 55, 84),
-    (221, 81, 58), (243, 120, 25), (252, 165, 10), (246, 215, 70), (252, 255, 164),
-], dtype=np.float32)
 
 
 @dataclass
@@ -80,7 +75,7 @@ def depth_map(image: Image.Image) -> DepthMap:
         if hit is not None:
             return hit
         depth = to_taco_depth(predict_depth(image))
-        entry = DepthMap(depth, colorize(depth))
+        entry = DepthMap(depth, colorize_depth(depth))
         with _maps_lock:
             _maps[key] = entry
             # evict the least recently used, but always keep the map just computed
@@ -183,50 +178,6 @@ def estimate(
         overlays={"regions": [region or {"label": "depth", "bbox": bbox}], "depth_range": entry.range},
         artifacts={"depth_map": entry.picture.copy()},  # a copy: the cached one stays pristine
     )
-
-
-# --- the coloured map --------------------------------------------------------------------------
-
-
-def colormap(nearness: np.ndarray) -> np.ndarray:
-    """Inferno colours for values in 0..1 (1 = nearest = bright): (..., 3) uint8."""
-    positions = np.clip(nearness, 0.0, 1.0) * (len(_INFERNO) - 1)
-    low = np.floor(positions).astype(np.int64)
-    high = np.minimum(low + 1, len(_INFERNO) - 1)
-    frac = (positions - low)[..., None]
-    return (_INFERNO[low] * (1 - frac) + _INFERNO[high] * frac + 0.5).astype(np.uint8)
-
-
-@cache
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
-def colorize(depth: np.ndarray) -> Image.Image:
-    """The map coloured near = bright, far = dark, with a scale bar and its min/max depths drawn on it."""
-    low, high = float(depth.min()), float(depth.max())
-    span = high - low
-    nearness = (high - depth) / span if span > 0 else np.ones_like(depth)
-    picture = Image.fromarray(colormap(nearness), "RGB")
-    width, height = picture.size
-    if min(width, height) < 64:  # too small for a legible legend; the overlay's depth_range still says it
-        return picture
-    draw = ImageDraw.Draw(picture)
-    pad = max(4, min(width, height) // 60)
-    font = _font(max(10, min(width, height) // 40))
-    near_label, far_label = f"near {low:.2f}", f"far {high:.2f}"
-    text_h = draw.textbbox((0, 0), near_label, font=font)[3]
-    bar_w = min(width - 4 * pad, max(60, width // 3))
-    bar_h = max(6, height // 50)
-    x0, y0 = 2 * pad, height - 2 * pad - bar_h - text_h - pad
-    draw.rectangle([x0 - pad, y0 - pad, x0 + bar_w + pad, height - pad], fill=(32, 32, 32))
-    ramp = colormap(np.linspace(1.0, 0.0, bar_w))  # left = near (bright), right = far (dark)
-    picture.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0), "RGB"), (x0, y0))
-    draw.rectangle([x0, y0, x0 + bar_w - 1, y0 + bar_h - 1], outline=(200, 200, 200))
-    draw.text((x0, y0 + bar_h + pad // 2), near_label, fill="white", font=font)
-    far_w = draw.textlength(far_label, font=font)
-    draw.text((x0 + bar_w - far_w, y0 + bar_h + pad // 2), far_label, fill="white", font=font)
-    return picture
 
 
 # --- the tools ---------------------------------------------------------------------------------

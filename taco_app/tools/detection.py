@@ -19,8 +19,8 @@ from typing import Any
 from PIL import Image
 
 from taco_app import weights
+from taco_app.drawing import draw_regions
 from taco_app.tools.base import IMAGE, TEXTS, ProducedImage, Tool, ToolResult
-from taco_app.tools.imageops import draw_regions
 from taco_app.weights import DETECTION, MODELS
 
 BOX_THRESHOLD_ENV, TEXT_THRESHOLD_ENV = "TACO_BOX_THRESHOLD", "TACO_TEXT_THRESHOLD"

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from taco_app.drawing import draw_regions
 from taco_app.tools.base import IMAGE, ProducedImage, Tool, ToolResult, ToolStatus
-from taco_app.tools.imageops import draw_regions
 
 FINDER_FILE = "haarcascade_frontalface_default.xml"
 CHECKER_FILE = "haarcascade_frontalface_alt.xml"

@@ -1,55 +1,20 @@
-"""Crop and ZoomIn with TACO's semantics, and the region-drawing helper shared by all tools.
+"""Crop and ZoomIn with TACO's semantics.
 
 Boxes are normalised ``[left, top, right, bottom]`` in 0..1. Like TACO, Crop outlines the
 requested region on the image, then cuts it out with a margin of half its size around it for
-context; ZoomIn does the same and enlarges the result by ``zoom_factor``.
+context; ZoomIn does the same and enlarges the result by ``zoom_factor``. The outline is drawn
+by :func:`taco_app.drawing.draw_regions`, like every tool's boxes.
 """
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any, Iterable
+from PIL import Image
 
-from PIL import Image, ImageDraw, ImageFont
-
+from taco_app.drawing import draw_regions, to_pixels
 from taco_app.tools.base import BBOX, IMAGE, NUMBER, ProducedImage, Tool, ToolResult
 
 CONTEXT_MARGIN = 0.5  # TACO's expand_bbox: the crop is 1.5x the region, centred on it
 MAX_SIDE = 4096  # a zoomed image never exceeds this many pixels per side
-COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
-
-
-@cache
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
-def draw_regions(image: Image.Image, regions: Iterable[dict[str, Any]]) -> Image.Image:
-    """A copy of the image with each region's box and label (and score, if any) drawn on it."""
-    out = image.convert("RGB")
-    draw = ImageDraw.Draw(out)
-    width, height = out.size
-    line = max(2, round(min(width, height) / 200))
-    font = _font(max(12, round(min(width, height) / 30)))
-    for i, region in enumerate(regions):
-        colour = COLOURS[i % len(COLOURS)]
-        left, top, right, bottom = to_pixels(region["bbox"], out.size)
-        draw.rectangle([left, top, right, bottom], outline=colour, width=line)
-        label = str(region.get("label") or "")
-        if "score" in region and region["score"] is not None:
-            label = f"{label} {region['score']:.2f}".strip()
-        if label:
-            x0, y0, x1, y1 = draw.textbbox((left, top), label, font=font)
-            y_shift = (y1 - y0) + 2 * line if top - (y1 - y0) - 2 * line >= 0 else 0
-            draw.rectangle([x0, y0 - y_shift, x1 + 2 * line, y1 - y_shift + line], fill=colour)
-            draw.text((left + line, top - y_shift), label, fill="white", font=font)
-    return out
-
-
-def to_pixels(bbox: list[float], size: tuple[int, int]) -> tuple[int, int, int, int]:
-    width, height = size
-    left, top, right, bottom = bbox
-    return round(left * width), round(top * height), round(right * width), round(bottom * height)
 
 
 def expand_bbox(bbox: list[float], margin: float = CONTEXT_MARGIN) -> list[float]:

@@ -1,7 +1,8 @@
 """Pictures of what one step's tool saw: boxes, faces, crop regions and depth maps, for the UI.
 
 Pure PIL, no gradio. It reads a session's events — live, or rebuilt from the store by
-:func:`taco_app.ui.render.trace_events` — so the Run and Review tabs draw a step the same way.
+:func:`taco_app.ui.render.trace_events` — so the Run and Review tabs draw a step the same way, and
+draws with :mod:`taco_app.drawing`, as the tools do, so a box looks the same on both.
 :func:`render_step` returns a picture and a plain-text caption that lists what is drawn. It never
 raises: a missing file, an unknown action or a malformed stored overlay become a caption, because a
 picture that cannot be drawn must not break the page around it.
@@ -12,21 +13,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from taco_app.cota import events as ev
+from taco_app.drawing import LEGEND_MIN_SIDE, depth_legend, draw_regions, fit_within
 from taco_app.media import ImageLoadError, load_image
 from taco_app.tools.base import image_id as normalise_image_id
-from taco_app.tools.depth import colormap
-from taco_app.tools.imageops import draw_regions
 
 MAX_SIDE = 1600  # pictures are downscaled to this many pixels per side for display
-MAP_LEGEND_MIN = 64  # depth.colorize draws its own scale bar on maps at least this big per side
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -119,46 +116,7 @@ def target_image(action: dict[str, Any], overlays: dict[str, Any]) -> str | None
     return None
 
 
-# --- drawing ------------------------------------------------------------------------------------
-
-
-@cache
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
-def fit(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
-    """An RGB copy no larger than ``max_side`` per side. Boxes are normalised, so they still line up."""
-    image = image.convert("RGB")
-    scale = max_side / max(image.size)
-    if scale >= 1:
-        return image.copy()
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.LANCZOS)
-
-
-def depth_legend(picture: Image.Image, low: float, high: float) -> Image.Image:
-    """The picture with a band below it: the colour ramp from near (bright) to far (dark), with values.
-
-    For maps too small to carry the scale bar the depth tool draws on larger ones. Drawn below,
-    not on, the map, so it never hides the region.
-    """
-    width, height = picture.size
-    size = max(12, round(min(width, height) / 30))  # the same text size as the region labels
-    font = _font(size)
-    pad = max(4, size // 2)
-    bar_h = max(8, size)
-    band = Image.new("RGB", (width, height + 3 * pad + bar_h + size), (32, 32, 32))
-    band.paste(picture, (0, 0))
-    bar_w = max(1, width - 2 * pad)
-    ramp = colormap(np.linspace(1.0, 0.0, bar_w))  # left = near = bright, as on the map
-    band.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0), "RGB"), (pad, height + pad))
-    draw = ImageDraw.Draw(band)
-    near, far = f"near {low:g}", f"far {high:g}"
-    text_y = height + 2 * pad + bar_h - size // 6
-    draw.text((pad, text_y), near, fill="white", font=font)
-    draw.text((width - pad - draw.textlength(far, font=font), text_y), far, fill="white", font=font)
-    return band
+# --- what is drawn -----------------------------------------------------------------------------
 
 
 def _regions(overlays: dict[str, Any]) -> list[dict[str, Any]]:
@@ -258,12 +216,12 @@ def _render(events: list[ev.Event], step: int, root: Path | None, max_side: int)
         map_path = resolve_path(depth_map.get("path"), depth_map.get("sha256"), root)
         if map_path is not None:
             base = load_image(map_path)  # the map has the image's size, so the regions line up
-            legend_needed = min(base.size) < MAP_LEGEND_MIN
+            legend_needed = min(base.size) < LEGEND_MIN_SIDE  # the map has no scale bar of its own
             lines.append(f"Depth map of {target}: bright = near, dark = far.")
         else:
             lines.append(f"The depth map file is missing; showing {target} itself.")
 
-    picture = fit(base, max_side)
+    picture = fit_within(base.convert("RGB"), max_side)  # an RGB copy: base itself is never drawn on
     shown = picture.size
     regions = _regions(overlays)
     if regions:
