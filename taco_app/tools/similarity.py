@@ -111,10 +111,10 @@ def load_embedder(model_id: str, device: str) -> Embedder:
     """``MODELS`` loader for the CLIP slot: processor and model from local files only."""
     from transformers import AutoModel, AutoProcessor
 
-    processor = models.from_pretrained(CLIP, AutoProcessor, model_id)
-    model = models.from_pretrained(CLIP, AutoModel, model_id)
+    processor = weights.from_pretrained(CLIP, AutoProcessor, model_id)
+    model = weights.from_pretrained(CLIP, AutoModel, model_id)
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-        raise models.ModelUnavailable(f"{CLIP.title} ({model_id}) is a {type(model).__name__}, not a CLIP/SigLIP "
+        raise weights.ModelUnavailable(f"{CLIP.title} ({model_id}) is a {type(model).__name__}, not a CLIP/SigLIP "
                                       f"image-text model; set {CLIP.env} to one")
     return Embedder(model.to(device).eval(), processor, device)
 
