@@ -1,4 +1,4 @@
-"""Tests for taco_app.tools.safe_math: exact Python arithmetic without eval, bounded work, equations.
+"""Tests for safe_math.calculate and equations.solve_equation: exact arithmetic without eval, bounded work.
 
 Error contract under test: calculate raises MathError (a ValueError) or ZeroDivisionError;
 solve_equation raises the same two; neither ever executes anything from its input.

@@ -1,9 +1,12 @@
 """Equation solving for SolveMathEquation: TACO-style queries such as ``"x-2^3=0, what is x?"``.
 
-The query is cut into math runs; each equation is parsed by the same whitelisted AST walk as
-:mod:`taco_app.tools.safe_math` and built into a sympy expression (never ``sympify``/``parse_expr``,
-which call eval). ``sympy.solve`` cannot be interrupted, so the size, degree and number of unknowns
-are bounded up front; inputs past those bounds are refused with a message saying how to simplify.
+The query is cut into math runs; each equation is parsed and walked by the whitelist of
+:mod:`taco_app.tools.safe_math` (``parse_expression``, ``ExpressionWalker``) and built into a sympy
+expression (never ``sympify``/``parse_expr``, which call eval). ``sympy.solve`` cannot be
+interrupted, so the size, degree, number of unknowns and kinds of terms are bounded up front
+(``_check_solvable``); inputs past those bounds are refused with a message saying how to simplify.
+Errors: ``MathError`` (a ``ValueError``) with a message a language model can act on, or
+``ZeroDivisionError``.
 """
 from __future__ import annotations
 
@@ -15,19 +18,8 @@ from itertools import pairwise
 from collections.abc import Callable
 from typing import Any
 
-from taco_app.tools.safe_math import (
-    MathError,
-    _BINOPS,
-    _CONSTANTS,
-    _FUNCS,
-    _Walker,
-    _bounded,
-    _check_length,
-    _check_pow_size,
-    _normalise,
-    _parse,
-    calculate,
-)
+from taco_app.tools.safe_math import (CONSTANTS, FUNCTIONS, OPERATORS, ExpressionWalker, MathError, calculate,
+                                      check_length, check_power_size, limit_arguments, normalise, parse_expression)
 
 __all__ = ["solve_equation"]
 
@@ -46,7 +38,7 @@ _TARGET_RE = re.compile(r"\b(?:what\s+(?:is|are|was|were)|find|for|of|determine|
 
 
 def _is_math_name(word: str) -> bool:
-    return word in _FUNCS or word in _CONSTANTS or bool(_VAR_RE.fullmatch(word))
+    return word in FUNCTIONS or word in CONSTANTS or bool(_VAR_RE.fullmatch(word))
 
 
 def _math_runs(text: str) -> list[str]:
@@ -71,7 +63,7 @@ def _math_runs(text: str) -> list[str]:
             current.append(tok)
             continue
         if prev is not None:
-            ends_factor = prev[0] == "num" or prev[1] == ")" or (prev[0] == "name" and prev[1] not in _FUNCS)
+            ends_factor = prev[0] == "num" or prev[1] == ")" or (prev[0] == "name" and prev[1] not in FUNCTIONS)
             starts_factor = kind == "name" or tok == "(" or (kind == "num" and prev[1] == ")")
             if ends_factor and starts_factor:
                 current.append("*")
@@ -82,13 +74,13 @@ def _math_runs(text: str) -> list[str]:
 
 
 def _has_unknowns(tree: ast.AST) -> bool:
-    return any(isinstance(n, ast.Name) and n.id not in _CONSTANTS and n.id not in _FUNCS for n in ast.walk(tree))
+    return any(isinstance(n, ast.Name) and n.id not in CONSTANTS and n.id not in FUNCTIONS for n in ast.walk(tree))
 
 
 def _degree(node: ast.AST) -> float:
     """Upper bound on an expression's polynomial degree, found before sympy sees it."""
     if isinstance(node, ast.Name):
-        return 0 if node.id in _CONSTANTS else 1
+        return 0 if node.id in CONSTANTS else 1
     if isinstance(node, ast.UnaryOp):
         return _degree(node.operand)
     if isinstance(node, ast.BinOp):
@@ -113,7 +105,7 @@ def _hard_terms(node: ast.AST, found: dict[str, set[Any]], in_trans: bool = Fals
     x**0.5) and found["denominators"] their root orders; found["in_trans"] / found["out_trans"] /
     found["out_hard"]: unknowns seen inside / outside transcendental terms and outside all such terms.
     """
-    if isinstance(node, ast.Name) and node.id not in _CONSTANTS and node.id not in _FUNCS:
+    if isinstance(node, ast.Name) and node.id not in CONSTANTS and node.id not in FUNCTIONS:
         found["in_trans" if in_trans else "out_trans"].add(node.id)
         if not in_hard:
             found["out_hard"].add(node.id)
@@ -167,7 +159,7 @@ def _check_solvable(pairs: list[tuple[ast.Expression, ast.Expression]], degree: 
     return True
 
 
-class _SympyBuilder(_Walker):
+class _SympyBuilder(ExpressionWalker):
     """Builds a sympy expression; floats become exact rationals (0.5 -> 1/2)."""
 
     def __init__(self) -> None:
@@ -183,7 +175,7 @@ class _SympyBuilder(_Walker):
             "atan": sympy.atan, "sinh": sympy.sinh, "cosh": sympy.cosh, "tanh": sympy.tanh,
             "degrees": lambda x: x * 180 / sympy.pi, "radians": lambda x: x * sympy.pi / 180,
             "floor": sympy.floor, "ceil": sympy.ceiling, "abs": sympy.Abs, "fabs": sympy.Abs,
-            "factorial": _bounded(sympy.factorial), "hypot": lambda *a: sympy.sqrt(sum(x**2 for x in a)),
+            "factorial": limit_arguments(sympy.factorial), "hypot": lambda *a: sympy.sqrt(sum(x**2 for x in a)),
             "min": sympy.Min, "max": sympy.Max,
         }
 
@@ -205,21 +197,21 @@ class _SympyBuilder(_Walker):
 
     def binop(self, op: ast.operator, left: Any, right: Any) -> Any:
         if isinstance(op, ast.Pow) and left.is_Number and right.is_Number:
-            _check_pow_size(left, right, MAX_SYMPY_BITS)
+            check_power_size(left, right, MAX_SYMPY_BITS)
         if isinstance(op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
             raise ZeroDivisionError("division by zero")
         if isinstance(op, ast.FloorDiv):
             return self._checked(self.sp.floor(left / right))
         if isinstance(op, ast.Mod):
             return self._checked(self.sp.Mod(left, right))
-        return self._checked(_BINOPS[type(op)](left, right))
+        return self._checked(OPERATORS[type(op)](left, right))
 
     def call(self, name: str, args: list[Any]) -> Any:
         if name not in self.funcs:
             raise MathError(f"{name}() is not supported inside equations; compute that part with calculate first")
         if not any(arg.free_symbols for arg in args):  # exp(10^300) would keep sympy's evalf busy for minutes
             try:
-                _FUNCS[name][0](*(float(arg) for arg in args))
+                FUNCTIONS[name][0](*(float(arg) for arg in args))
             except OverflowError:
                 raise MathError(f"result too large: {name}() of these numbers overflows") from None
             except (TypeError, ValueError):
@@ -376,8 +368,8 @@ def solve_equation(query: str) -> str:
     """
     if not isinstance(query, str):
         raise MathError(f"the query must be a string, not {type(query).__name__}")
-    _check_length(query)
-    text = _normalise(query).replace("==", "=")
+    check_length(query)
+    text = normalise(query).replace("==", "=")
     equations: list[tuple[ast.Expression, ast.Expression]] = []
     questions: list[str] = []  # "2 + 2 = ?" -> just compute it
     bare: list[str] = []  # math without '=' ("x^2 - 4")
@@ -386,19 +378,19 @@ def solve_equation(query: str) -> str:
         while len(parts) > 1 and not parts[-1]:
             parts.pop()
         if len(parts) > 1 and all(parts):
-            equations += [(_parse(a), _parse(b)) for a, b in pairwise(parts)]
+            equations += [(parse_expression(a), parse_expression(b)) for a, b in pairwise(parts)]
         elif len(parts) == 1 and parts[0] and (run.endswith("=") or re.search(r"[-+*/%(]", run)):
             (questions if run.endswith("=") else bare).append(parts[0])
     if not equations and not questions:
         for expression in bare:  # "x^2 - 4, solve for x" means x^2 - 4 = 0
-            tree = _parse(expression)
+            tree = parse_expression(expression)
             if _has_unknowns(tree):
-                equations.append((tree, _parse("0")))
+                equations.append((tree, parse_expression("0")))
             else:
                 questions.append(expression)
     if any(_has_unknowns(side) for pair in equations for side in pair):
         return _solve(equations, text)  # numeric ones stay in: "x = 1 = 2" has no solution
-    questions = [q for q in questions if not _has_unknowns(_parse(q))]
+    questions = [q for q in questions if not _has_unknowns(parse_expression(q))]
     if questions:
         return ", ".join(str(calculate(q)) for q in questions)
     if equations:  # only numbers: check the claim, e.g. "2 + 2 = 4"

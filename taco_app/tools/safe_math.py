@@ -1,19 +1,20 @@
-"""Safe arithmetic (``calculate``) and equation solving (``solve_equation``) for TACO's tools.
+"""Safe arithmetic for the Calculate tool (``calculate``), and the whitelisted expression walk it
+shares with equation solving (:mod:`taco_app.tools.equations`).
 
 TACO's original ``Calculate`` tool ran Python ``eval`` on whatever text the model
 wrote, so a model (or text injected into an image or web page it read) could run
 arbitrary code, and innocent-looking input such as ``9**9**9**9`` could hang the
 process.  Nothing here uses eval/exec/compile, ``sympy.sympify``/``parse_expr``
-(both call eval) or pickle.  Input is parsed with ``ast.parse(mode="eval")`` and the
-tree is walked by hand against an explicit whitelist; the size of every result is
-estimated *before* it is computed, so every refusal is instant.
+(both call eval) or pickle.  Input is parsed with ``ast.parse(mode="eval")``
+(``parse_expression``) and the tree is walked by hand against an explicit whitelist
+(``ExpressionWalker``: the ``OPERATORS``, ``FUNCTIONS`` and ``CONSTANTS`` below); the
+size of every result is estimated *before* it is computed (``check_power_size``,
+``limit_arguments``), so every refusal is instant.
 
 ``calculate`` evaluates with plain Python int/float operators and ``math``, so its
-results match Python's own arithmetic digit for digit.  ``solve_equation`` builds a
-sympy expression from the same walk and calls sympy only on inputs bounded up front
-(size, degree, number of unknowns, kinds of terms: see ``_check_solvable``), because
-sympy.solve cannot be interrupted and some small inputs keep it busy for minutes.
-There are no signal or thread timeouts, so both functions are safe in any thread.
+results match Python's own arithmetic digit for digit.  ``equations.solve_equation``
+walks the same trees into sympy expressions.  There are no signal or thread timeouts,
+so both are safe in any thread.
 
 Errors: ``MathError`` (a ``ValueError``) with a message a language model can act
 on, or Python's own ``ZeroDivisionError`` for division by zero.
@@ -28,7 +29,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MathError", "calculate"]
+# calculate is the tool's; the rest is the parse-and-walk that equations.py builds on.
+__all__ = ["MathError", "calculate", "CONSTANTS", "FUNCTIONS", "OPERATORS", "ExpressionWalker", "check_length",
+           "check_power_size", "limit_arguments", "normalise", "parse_expression"]
 
 MAX_CHARS = 2000          # longest expression/query accepted
 MAX_NODES = 500           # expression nodes in one parsed expression
@@ -54,8 +57,8 @@ def _round(x: float, ndigits: int | None = None) -> int | float:
     return round(x, ndigits)
 
 
-def _bounded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Refuse factorial/comb/perm arguments above MAX_FACT_ARG before computing."""
+def limit_arguments(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (factorial, comb, perm) refusing arguments above MAX_FACT_ARG before computing."""
     def wrapper(*args: Any) -> Any:
         if any((type(a) is int or getattr(a, "is_Number", False)) and a > MAX_FACT_ARG for a in args):
             raise MathError(f"{fn.__name__}(): arguments above {MAX_FACT_ARG} are not allowed (too large a result)")
@@ -70,7 +73,7 @@ def _lcm(*args: int) -> int:
 
 
 # name -> (function, min args, max args or None for any number)
-_FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
+FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "sqrt": (math.sqrt, 1, 1), "cbrt": (math.cbrt, 1, 1), "exp": (math.exp, 1, 1),
     "log": (_log, 1, 2), "ln": (math.log, 1, 1), "log10": (math.log10, 1, 1), "log2": (math.log2, 1, 1),
     "sin": (math.sin, 1, 1), "cos": (math.cos, 1, 1), "tan": (math.tan, 1, 1),
@@ -79,15 +82,16 @@ _FUNCS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "degrees": (math.degrees, 1, 1), "radians": (math.radians, 1, 1),
     "floor": (math.floor, 1, 1), "ceil": (math.ceil, 1, 1), "trunc": (math.trunc, 1, 1),
     "abs": (abs, 1, 1), "fabs": (math.fabs, 1, 1), "round": (_round, 1, 2),
-    "factorial": (_bounded(math.factorial), 1, 1), "comb": (_bounded(math.comb), 2, 2),
-    "perm": (_bounded(math.perm), 1, 2),
+    "factorial": (limit_arguments(math.factorial), 1, 1), "comb": (limit_arguments(math.comb), 2, 2),
+    "perm": (limit_arguments(math.perm), 1, 2),
     "gcd": (math.gcd, 1, None), "lcm": (_lcm, 1, None), "isqrt": (math.isqrt, 1, 1),
     "hypot": (math.hypot, 1, None), "min": (min, 2, None), "max": (max, 2, None),
 }
-_CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
+CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
 _HELP = ("Calculate only supports numbers, + - * / // % ** (^ also means power), parentheses, "
-         "the constants pi, e, tau and the functions " + ", ".join(_FUNCS))
-_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+         "the constants pi, e, tau and the functions " + ", ".join(FUNCTIONS))
+# the binary operators allowed: ast operator type -> what computes it
+OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
 }
@@ -103,19 +107,21 @@ _REFUSED = {  # node or operator type -> how to name it in the error message
 }
 
 
-def _normalise(text: str) -> str:
+def normalise(text: str) -> str:
+    """The text with the usual spellings of operators made Python's: ``^`` and ``×``, ``÷``, ``−``."""
     # TACO's prompts write x-2^3=0 and models write 830^2: '^' means power, never XOR.
     for old, new in (("^", "**"), ("×", "*"), ("÷", "/"), ("−", "-")):
         text = text.replace(old, new)
     return text.strip()
 
 
-def _check_length(text: str) -> None:
+def check_length(text: str) -> None:
+    """Refuse a text over MAX_CHARS before any work is done on it."""
     if len(text) > MAX_CHARS:
         raise MathError(f"expression is too long ({len(text)} characters; the limit is {MAX_CHARS})")
 
 
-def _parse(text: str) -> ast.Expression:
+def parse_expression(text: str) -> ast.Expression:
     """ast.parse with parser failures turned into MathError and the tree size bounded."""
     try:
         with warnings.catch_warnings():  # "2x" warns "invalid decimal literal" before failing; say it once
@@ -167,7 +173,7 @@ def _checked(value: object) -> int | float:
     raise MathError(f"unexpected result of type {type(value).__name__}")
 
 
-def _check_pow_size(base: Any, exp: Any, max_bits: int) -> None:
+def check_power_size(base: Any, exp: Any, max_bits: int) -> None:
     """Refuse base**exp if the exact result would need more than max_bits bits."""
     try:
         size = max(abs(base.p), abs(base.q)) if hasattr(base, "q") else abs(base)  # sympy Rational or int
@@ -182,13 +188,14 @@ def _check_pow_size(base: Any, exp: Any, max_bits: int) -> None:
 def _math_attr(node: ast.AST) -> bool:
     """math.sqrt / math.pi are accepted as spellings of sqrt / pi; no other attribute is."""
     return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-            and node.value.id == "math" and (node.attr in _FUNCS or node.attr in _CONSTANTS))
+            and node.value.id == "math" and (node.attr in FUNCTIONS or node.attr in CONSTANTS))
 
 
-class _Walker:
-    """Whitelisted walk of a parsed expression.
+class ExpressionWalker:
+    """Whitelisted walk of a parsed expression: anything not listed here raises MathError.
 
-    Subclasses define number(value), name(name), binop(op, left, right) and call(name, args).
+    Subclasses define number(value), name(name), binop(op, left, right) and call(name, args):
+    ``_PythonArithmetic`` below computes the value, ``equations._SympyBuilder`` builds a sympy expression.
     """
 
     def visit(self, node: ast.AST) -> Any:
@@ -199,7 +206,7 @@ class _Walker:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
             value = self.visit(node.operand)
             return -value if isinstance(node.op, ast.USub) else +value
-        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
             return self.binop(node.op, self.visit(node.left), self.visit(node.right))
         if isinstance(node, ast.Name) or _math_attr(node):
             return self.name(node.id if isinstance(node, ast.Name) else node.attr)
@@ -209,11 +216,11 @@ class _Walker:
 
     def _call(self, node: ast.Call) -> Any:
         name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
-        if name not in _FUNCS:
+        if name not in FUNCTIONS:
             raise MathError(f"unknown function {name!r}. {_HELP}")
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise MathError(f"{name}(): pass arguments by position, without keywords or '*'")
-        _, low, high = _FUNCS[name]
+        _, low, high = FUNCTIONS[name]
         if len(node.args) < low or (high is not None and len(node.args) > high):
             want = str(low) if low == high else f"{low} or more" if high is None else f"{low} to {high}"
             raise MathError(f"{name}() takes {want} argument(s), got {len(node.args)}")
@@ -224,29 +231,29 @@ class _Walker:
         return _REFUSED.get(type(getattr(node, "op", None))) or _REFUSED.get(type(node), repr(type(node).__name__))
 
 
-class _PythonArithmetic(_Walker):
+class _PythonArithmetic(ExpressionWalker):
     """Evaluates with Python's own int/float operators and math, after size checks."""
 
     def number(self, value: int | float) -> int | float:
         return value
 
     def name(self, name: str) -> float:
-        if name in _CONSTANTS:
-            return _CONSTANTS[name]
+        if name in CONSTANTS:
+            return CONSTANTS[name]
         raise MathError(f"unknown name {name!r}: calculate has no variables; to find an unknown, "
                         f"solve an equation instead (e.g. 'x - 8 = 0, what is x?'). {_HELP}")
 
     def binop(self, op: ast.operator, left: Any, right: Any) -> int | float:
         if isinstance(op, ast.Pow) and type(left) is int and type(right) is int and right > 0:
-            _check_pow_size(left, right, MAX_INT_BITS)
+            check_power_size(left, right, MAX_INT_BITS)
         if (isinstance(op, ast.Mult) and type(left) is int and type(right) is int
                 and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1):
             raise MathError(f"result too large: the product would have more than {MAX_INT_BITS} bits")
-        return _checked(_BINOPS[type(op)](left, right))
+        return _checked(OPERATORS[type(op)](left, right))
 
     def call(self, name: str, args: list[Any]) -> int | float:
         try:
-            return _checked(_FUNCS[name][0](*args))
+            return _checked(FUNCTIONS[name][0](*args))
         except MathError:
             raise
         except (ValueError, TypeError) as exc:
@@ -271,11 +278,11 @@ def calculate(expression: str) -> int | float:
     """
     if not isinstance(expression, str):
         raise MathError(f"the expression must be a string, not {type(expression).__name__}")
-    _check_length(expression)
-    text = re.sub(r"\s*=\s*\?*\s*$", "", _normalise(expression))
+    check_length(expression)
+    text = re.sub(r"\s*=\s*\?*\s*$", "", normalise(expression))
     if not text:
         raise MathError(f"the expression is empty. {_HELP}")
-    tree = _parse(text)
+    tree = parse_expression(text)
     try:
         return _checked(_PYTHON.visit(tree))
     except OverflowError as exc:  # float overflow, or an int too large to convert to float
