@@ -8,7 +8,6 @@ divided by the number of steps: prompt building, parsing, event objects, image b
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -18,13 +17,13 @@ from PIL import Image
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
+from taco_app.cota.actions import Action, step_text
 from taco_app.runner import run
 from taco_app.store.files import ImageFiles
 
 
 def step(name=None, thought="Thinking about the next step to take.", **arguments):
-    return json.dumps({"thought": thought, "actions": [{"name": name, "arguments": arguments}] if name else []},
-                      separators=(",", ":"))
+    return step_text(thought, Action(name, arguments) if name else None)
 
 
 class TimedReplay(ReplayBackend):

@@ -8,7 +8,6 @@ no image files — so the figure is the store's own cost (one transaction per st
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import statistics
@@ -20,6 +19,7 @@ import uuid
 from typing import Any, Callable, Iterator
 
 from taco_app.cota import events as ev
+from taco_app.cota.actions import Action, step_text
 from taco_app.cota.prompt import OBSERVATION_SUFFIX
 
 SESSIONS, STEPS, TOTAL = 1_000, 10, 10_000
@@ -27,9 +27,9 @@ TOOLS = ["Calculate", "Crop", "OCR", "ZoomIn", "GetObjects"]
 STATUSES = ["finished"] * 8 + ["failed", "max_steps"]
 
 
-def raw_step(thought: str, action: dict[str, Any]) -> str:
+def raw_step(thought: str, action: Action) -> str:
     """What a TACO checkpoint emits for one step (compact JSON)."""
-    return json.dumps({"thought": thought, "actions": [action]}, separators=(",", ":"))
+    return step_text(thought, action)
 
 
 def observation(result: Any) -> str:
@@ -42,11 +42,11 @@ def session_events(n: int) -> Iterator[ev.Event]:
     yield ev.SessionStarted(session_id=sid, question=f"benchmark question {n}: what is {n}+{n}?",
                             backend="replay", model="bench", family="mantis", started_at=time.time())
     for step in range(1, STEPS):
-        action = {"name": "Calculate", "arguments": {"expression": f"{n}+{step}"}}
+        action = Action("Calculate", {"expression": f"{n}+{step}"})
         yield ev.ActionParsed(step=step, raw=raw_step("add", action), thought="add", action=action, generation_s=0.01)
         yield ev.Observation(step=step, action=action, observation=observation(n + step),
                              output={"result": n + step}, tool_s=0.001)
-    done = {"name": "Terminate", "arguments": {"answer": str(2 * n)}}
+    done = Action("Terminate", {"answer": str(2 * n)})
     yield ev.ActionParsed(step=STEPS, raw=raw_step("done", done), thought="done", action=done, generation_s=0.01)
     yield ev.Finished(step=STEPS, session_id=sid, status="finished", answer=str(2 * n), steps=STEPS, total_s=0.1)
 
@@ -68,8 +68,8 @@ def bulk_fill(store: Any, count: int, rng: random.Random) -> None:
                                  tool_versions={}, status=status, answer=str(n) if status == "finished" else None))
             for step in range(1, STEPS + 1):
                 name = "Terminate" if step == STEPS else rng.choice(TOOLS)
-                action = {"name": name, "arguments": {"answer": str(n)} if name == "Terminate" else {"x": step}}
-                steps.append(dict(session_id=sid, index=step, raw=raw_step("t", action), thought="t", action=action,
+                action = Action(name, {"answer": str(n)} if name == "Terminate" else {"x": step})
+                steps.append(dict(session_id=sid, index=step, raw=raw_step("t", action), thought="t", action=action.as_dict(),
                                   action_name=name, observation=None if name == "Terminate" else observation(step),
                                   image_ids=[], overlays={}))
             if n % 7 == 0:

@@ -165,7 +165,7 @@ def _print_human(event) -> None:
         print(f"\n── step {event.step} ──")
     elif isinstance(event, ev.ActionParsed):
         print(f"thought: {event.thought}")
-        print(f"action:  {json.dumps(event.action, ensure_ascii=False) if event.action else '(none)'}")
+        print(f"action:  {json.dumps(event.action.as_dict(), ensure_ascii=False) if event.action else '(none)'}")
     elif isinstance(event, ev.ParseError):
         print(f"could not parse the reply ({event.code}): {event.message}")
     elif isinstance(event, ev.Observation):

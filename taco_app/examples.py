@@ -14,6 +14,8 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from taco_app.cota.actions import Action, step_text
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "examples"
 
 FUEL_PRICES = {"Regular": "3.49", "Plus": "3.65", "Premium": "3.89", "Diesel": "4.15"}
@@ -40,8 +42,7 @@ def fuel_sign(prices: dict[str, str] = FUEL_PRICES, size: tuple[int, int] = (102
 
 
 def _step(thought: str, name: str, **arguments: object) -> str:
-    # TACO checkpoints emit compact JSON
-    return json.dumps({"thought": thought, "actions": [{"name": name, "arguments": arguments}]}, separators=(",", ":"))
+    return step_text(thought, Action(name, arguments))  # as a TACO checkpoint writes it
 
 
 def fuel_script(budget: float = 50, grade: str = "Regular") -> list[str]:

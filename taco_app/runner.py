@@ -20,7 +20,6 @@ stays on :class:`events.ActionParsed`.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import queue
 import threading
@@ -32,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from PIL import Image
 
+from taco_app.cota.actions import Action, step_text
 from taco_app.cota.backend import Backend
 from taco_app.cota import events as ev
 from taco_app.cota.parser import ParseFailure, parse
@@ -63,19 +63,8 @@ MAX_REPLY_CHARS = 32_000
 DEFAULT_TOOL_TIMEOUT = 120.0  # seconds a tool call may take; TACO_TOOL_TIMEOUT or a tool's timeout_s overrides it
 STOP_POLL_S = 0.05  # while a tool runs, how often the loop looks at ``cancel``
 
-# review(step, action) -> the action to run (the same, or edited), or None to stop the session.
-Review = Callable[[int, dict[str, Any]], dict[str, Any] | None]
-
-
-def step_text(thought: str, action: dict[str, Any] | None) -> str:
-    """One step as a TACO checkpoint writes it: compact JSON, non-ASCII kept as is.
-
-    The released checkpoints emit ``{"thought":"…","actions":[{"name":…,"arguments":{…}}]}`` with no
-    spaces (see the reference traces), so a step written for them (a person's edit, manual mode)
-    reads like their own; ``store.export.compact`` writes corrections the same way.
-    """
-    actions = [ev.json_safe(action)] if action is not None else []
-    return json.dumps({"thought": thought, "actions": actions}, separators=(",", ":"), ensure_ascii=False)
+# review(step, action) -> the action to run (the same, or edited; an Action or its JSON dict), or None to stop.
+Review = Callable[[int, Action], "Action | dict[str, Any] | None"]
 
 
 @dataclass
@@ -231,17 +220,16 @@ def run(
                 feedback = no_action_turn()
                 yield ev.Observation(step=step, action=None, observation=feedback.text,
                                      output={"message": NO_ACTION_MESSAGE})
-            elif action["name"] == "Terminate" and isinstance(action["arguments"], dict) and "answer" in action["arguments"]:
-                answer = action["arguments"]["answer"]
-                yield ev.FinalAnswer(step=step, answer=ev.json_safe(answer))
-                yield finish("finished", ev.json_safe(answer), step)
+            elif action.is_final:
+                yield ev.FinalAnswer(step=step, answer=ev.json_safe(action.answer))
+                yield finish("finished", ev.json_safe(action.answer), step)
                 return
             elif step == last_step:
                 break  # no observation would reach the model: do not run the tool
             else:
                 feedback = yield from _execute(session, tools, step, action, getattr(backend, "generate_text", None), cancel)
                 if feedback is None:
-                    yield finish("cancelled", None, step, f"Stopped while {action['name']} was running.")
+                    yield finish("cancelled", None, step, f"Stopped while {action.name} was running.")
                     return
         if step == last_step:
             break
@@ -252,12 +240,11 @@ def run(
     yield finish("max_steps", None, last_step, message)
 
 
-def _as_action(value: Any) -> dict[str, Any]:
-    """A reviewed action as ``{"name", "arguments"}``; its contents are checked when it runs."""
-    if not isinstance(value, dict):
+def _as_action(value: Any) -> Action:
+    """A reviewed action as an :class:`Action`; its contents are checked when it runs."""
+    if not isinstance(value, (Action, dict)):
         raise TypeError(f"review must return an action dict or None, not {type(value).__name__}")
-    arguments = value.get("arguments")
-    return {"name": value.get("name"), "arguments": {} if arguments is None else arguments}
+    return Action.from_dict(value)
 
 
 def tool_timeout(tool: Tool) -> float:
@@ -340,17 +327,15 @@ def _out_of_memory(error: BaseException) -> bool:
     return any(cls.__name__ == "OutOfMemoryError" for cls in type(error).__mro__)
 
 
-def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any], language_model: Any,
+def _execute(session: Session, tools: Toolbox, step: int, action: Action, language_model: Any,
              cancel: threading.Event | None = None) -> Iterator[ev.Event]:
     """Run one action; yields its events and returns the turn to feed back, or None if ``cancel`` stopped it."""
     yield ev.ToolStarted(step=step, action=action)
     t0 = time.perf_counter()
     try:
-        # The parser guarantees this shape; a person's edit (review) may not have it.
-        if not isinstance(action["name"], str) or not isinstance(action["arguments"], dict):
-            raise TypeError('an action is {"name": "<action name>", "arguments": {...}}')
-        tool = tools.get(action["name"])
-        result = _call_tool(tool, action["arguments"], session, language_model, cancel or threading.Event())
+        action.check()  # the parser makes only well-formed actions; a person's edit (review) may not be one
+        tool = tools.get(action.name)
+        result = _call_tool(tool, action.arguments, session, language_model, cancel or threading.Event())
         if result is None:
             return None
     except Exception as err:  # a tool failure is the model's to handle, as in TACO
@@ -358,7 +343,7 @@ def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]
             from taco_app.weights import MODELS
 
             MODELS.clear()  # the tool models filled the GPU; the next call loads only what it needs
-            err = RuntimeError(f"{action['name']} ran out of GPU memory; the app freed its tool models, try again")
+            err = RuntimeError(f"{action.name} ran out of GPU memory; the app freed its tool models, try again")
         feedback = failed_execution_turn(err)
         yield ev.Observation(step=step, action=action, observation=feedback.text, output=None,
                              error=describe_error(err), tool_s=round(time.perf_counter() - t0, 4))
@@ -375,7 +360,7 @@ def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]
     for key, value in result.output.items():
         if isinstance(value, ProducedImage):
             picture = fit_within(value.image, limit, reducing_gap=3.0)
-            info = session.add_image(picture, role="tool", parent=value.parent, bbox=value.bbox, step=step, action=action["name"])
+            info = session.add_image(picture, role="tool", parent=value.parent, bbox=value.bbox, step=step, action=action.name)
             if picture is not value.image:
                 downscaled[info.image_id] = [value.image.width, value.image.height]
             yield ev.ImageProduced(step=step, image=info)
@@ -389,8 +374,8 @@ def _execute(session: Session, tools: Toolbox, step: int, action: dict[str, Any]
     for name, picture in result.artifacts.items():  # for the UI only; the model never sees these
         sha256, path = session.files.save(fit_within(picture, limit, reducing_gap=3.0))
         overlays.setdefault("artifacts", {})[name] = {"sha256": sha256, "path": str(path)}
-    if "regions" in overlays and "image" in action["arguments"]:
-        overlays.setdefault("on", image_id(action["arguments"]["image"]))
+    if "regions" in overlays and "image" in action.arguments:
+        overlays.setdefault("on", image_id(action.arguments["image"]))
     yield ev.Observation(
         step=step, action=action, observation=feedback.text,
         output=ev.json_safe({k: (v.image_id if isinstance(v, ImagePart) else v) for k, v in output.items()}),

@@ -120,7 +120,9 @@ def _cuda_free_bytes() -> int:
 
 
 @dataclass
-class Loaded:
+class WarmModel:
+    """A tool model the ModelManager keeps loaded: what its loader returned, where, its size, its load time."""
+
     value: Any  # what the loader returned (model, processor, …)
     device: str
     nbytes: int
@@ -145,7 +147,7 @@ class ModelManager:
     def __init__(self, device: str | None = None, free_bytes: Callable[[], int] | None = None):
         self._device = device
         self._free_bytes = free_bytes or _cuda_free_bytes
-        self._loaded: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str], WarmModel] = OrderedDict()
         self._lock = threading.RLock()
         self.evictions: list[tuple[str, str]] = []
 
@@ -172,10 +174,10 @@ class ModelManager:
                 self._make_room(estimate_bytes if estimate_bytes is not None else self._estimate(slot.model_id))
             started = time.perf_counter()
             value = loader(slot.model_id, self.device)
-            self._loaded[key] = Loaded(value, self.device, model_bytes(value), time.perf_counter() - started)
+            self._loaded[key] = WarmModel(value, self.device, model_bytes(value), time.perf_counter() - started)
             return value
 
-    def loaded(self) -> dict[tuple[str, str], Loaded]:
+    def loaded(self) -> dict[tuple[str, str], WarmModel]:
         with self._lock:
             return dict(self._loaded)
 

@@ -114,7 +114,7 @@ def test_corrections_and_filters(store, reference, tmp_path):
     export(store, tmp_path / "all", "cota-mantis")
     rows = {r["id"]: r for r in _rows(tmp_path / "all")}
     last = parse(rows[ids[0]]["conversation"][-1]["content"])
-    assert last.action == {"name": "Terminate", "arguments": {"answer": "forty-two"}}
+    assert last.action.as_dict() == {"name": "Terminate", "arguments": {"answer": "forty-two"}}
     assert '"answer":"forty-two"' in rows[ids[0]]["conversation"][-1]["content"]  # compact, as TACO writes
     assert rows[ids[0]]["metadata"]["corrected"] is True
 

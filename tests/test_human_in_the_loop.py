@@ -14,7 +14,8 @@ from taco_app.cota.backend import BackendError
 from taco_app.backends.manual import ManualBackend, compose_step
 from taco_app.backends.replay import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.runner import run, step_text
+from taco_app.cota.actions import Action, step_text
+from taco_app.runner import run
 from taco_app.store import queries
 from taco_app.store.db import Store
 from taco_app.store.export import export
@@ -23,7 +24,7 @@ from .conftest import ROOT, of_kind, run_session
 
 CALC = '{"thought":"add them","actions":[{"name":"Calculate","arguments":{"expression":"2+3"}}]}'
 DONE = '{"thought":"done","actions":[{"name":"Terminate","arguments":{"answer":"5"}}]}'
-EDITED_CALC = {"name": "Calculate", "arguments": {"expression": "6*7"}}
+EDITED_CALC = Action("Calculate", {"expression": "6*7"})
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ class Spy(ReplayBackend):
 
 
 def edit_calc(step, action):
-    return EDITED_CALC if action["name"] == "Calculate" else action
+    return EDITED_CALC if action.name == "Calculate" else action
 
 
 def comparable(events):
@@ -71,10 +72,10 @@ def test_approving_unchanged_is_the_same_session(photo):
     plain, reviewed = Spy([CALC, DONE]), Spy([CALC, DONE])
     without = list(run("q", [photo], plain))
     with_review = list(run("q", [photo], reviewed, review=approve))
-    assert seen == [(1, {"name": "Calculate", "arguments": {"expression": "2+3"}}),
-                    (2, {"name": "Terminate", "arguments": {"answer": "5"}})]  # Terminate is reviewed too
+    assert seen == [(1, Action("Calculate", {"expression": "2+3"})),
+                    (2, Action("Terminate", {"answer": "5"}))]  # Terminate is reviewed too
     reviews = of_kind(with_review, ev.ActionReview)
-    assert [(r.step, r.action["name"]) for r in reviews] == [(1, "Calculate"), (2, "Terminate")]
+    assert [(r.step, r.action.name) for r in reviews] == [(1, "Calculate"), (2, "Terminate")]
     assert not of_kind(with_review, ev.ActionEdited)
     assert comparable([e for e in with_review if not isinstance(e, ev.ActionReview)]) == comparable(without)
     assert reviewed.prompts == plain.prompts
@@ -91,7 +92,7 @@ def test_an_edited_action_is_what_runs_and_what_the_model_reads(photo):
     events = list(run("q", [photo], backend, review=edit_calc))
     edited = of_kind(events, ev.ActionEdited)
     assert len(edited) == 1
-    assert edited[0].step == 1 and edited[0].original == {"name": "Calculate", "arguments": {"expression": "2+3"}}
+    assert edited[0].step == 1 and edited[0].original == Action("Calculate", {"expression": "2+3"})
     assert edited[0].action == EDITED_CALC
     expected_text = '{"thought":"add them","actions":[{"name":"Calculate","arguments":{"expression":"6*7"}}]}'
     assert edited[0].text == expected_text
@@ -108,12 +109,12 @@ def test_an_edited_action_is_what_runs_and_what_the_model_reads(photo):
 
 def test_editing_the_final_answer(photo):
     def fix_answer(step, action):
-        if action["name"] == "Terminate":
-            action["arguments"]["answer"] = "five"  # editing the copy in place is allowed
+        if action.name == "Terminate":
+            action.arguments["answer"] = "five"  # editing the copy in place is allowed
         return action
 
     events = run_session([DONE], [photo], review=fix_answer)
-    assert of_kind(events, ev.ActionEdited)[0].original["arguments"]["answer"] == "5"
+    assert of_kind(events, ev.ActionEdited)[0].original.arguments["answer"] == "5"
     assert of_kind(events, ev.FinalAnswer)[0].answer == "five"
     assert events[-1].status == "finished" and events[-1].answer == "five"
 
@@ -154,7 +155,7 @@ def test_cancel_while_reviewing_stops_even_if_the_review_returns_an_action(photo
     ({"arguments": {}}, "Execution failed with <class 'TypeError'>: an action is"),
 ])
 def test_a_wrong_edit_is_a_failed_execution_and_the_session_goes_on(photo, edited, says):
-    events = run_session([CALC, DONE], [photo], review=lambda s, a: edited if a["name"] == "Calculate" else a)
+    events = run_session([CALC, DONE], [photo], review=lambda s, a: edited if a.name == "Calculate" else a)
     observation = of_kind(events, ev.Observation)[0]
     assert observation.observation.startswith(says), observation.observation
     assert observation.output is None and observation.error
@@ -172,7 +173,7 @@ def test_review_is_not_asked_without_an_action(photo):
 
 def test_a_review_that_returns_nonsense_is_a_program_error(photo):
     with pytest.raises(TypeError, match="review must return an action dict or None"):
-        run_session([CALC, DONE], [photo], review=lambda s, a: json.dumps(a))
+        run_session([CALC, DONE], [photo], review=lambda s, a: json.dumps(a.as_dict()))
 
 
 def test_review_events_round_trip_json(photo):
@@ -212,9 +213,9 @@ def test_the_stored_trace_shows_the_edit(store, photo, tmp_path):
     events = edited_session(store, photo)
     trace = queries.get_trace(store, events[-1].session_id)
     first = trace.steps[0]
-    assert first["action"] == EDITED_CALC and first["action_name"] == "Calculate"  # what ran
+    assert first["action"] == EDITED_CALC.as_dict() and first["action_name"] == "Calculate"  # what ran
     assert first["raw"] == CALC
-    assert trace.corrected_steps[1] == {"thought": "add them", "actions": [EDITED_CALC]}
+    assert trace.corrected_steps[1] == {"thought": "add them", "actions": [EDITED_CALC.as_dict()]}
     assert trace.feedback[0].note == "edited at review, before it ran"
     # exported training data holds the step that produced the observation, as the model read it
     export(store, tmp_path / "out", "cota-mantis")
@@ -309,7 +310,7 @@ def test_manual_steps_are_parsed_like_a_models(photo):
     backend.submit("I am not JSON")  # sent early: it waits for its turn
     error = session.next(ev.ParseError)
     assert "Please format the output to a strict JSON format" in error.observation
-    backend.submit(step_text("ok", {"name": "Terminate", "arguments": {"answer": "fine"}}))
+    backend.submit(step_text("ok", Action("Terminate", {"answer": "fine"})))
     final = session.next(ev.Finished)
     session.join()
     assert final.answer == "fine"

@@ -6,12 +6,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taco_app.cota.parser import ParsedStep, ParseFailure, parse, partial_thought
+from taco_app.cota.actions import Action
+from taco_app.cota.parser import ParsedStep, ParseFailure, _parse, parse, partial_thought
 from taco_app.cota.traces import load_trace
 
 from .conftest import examples
 
-OCR = {"name": "OCR", "arguments": {"image": "image-0"}}
+OCR = Action("OCR", {"image": "image-0"})
 COMPACT = '{"thought":"read it","actions":[{"name":"OCR","arguments":{"image":"image-0"}}]}'
 
 
@@ -24,7 +25,7 @@ def test_all_reference_outputs_parse_like_json_loads(reference):
         result = parse(raw)
         assert isinstance(result, ParsedStep), raw
         assert result.thought == expected["thought"]
-        assert result.action == (expected["actions"][0] if expected["actions"] else None)
+        assert result.action == (Action.from_dict(expected["actions"][0]) if expected["actions"] else None)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,7 @@ def test_apostrophes_and_quotes_inside_strings():
 
 def test_python_literals_become_json():
     result = parse("{'thought': 'x', 'actions': [{'name': 'Terminate', 'arguments': {'answer': True}}]}")
-    assert result.action == {"name": "Terminate", "arguments": {"answer": True}}
+    assert result.action == Action("Terminate", {"answer": True})
 
 
 def test_empty_actions_is_no_action():
@@ -100,13 +101,14 @@ def test_hostile_text_is_bounded(text):
 
 def test_huge_numbers():
     result = parse('{"thought":"t","actions":[{"name":"Calculate","arguments":{"expression":1e309}}]}')
-    assert result.action["arguments"]["expression"] == float("inf")
+    assert result.action.arguments["expression"] == float("inf")
 
 
 @settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text())
 def test_never_raises_on_any_text(text):
-    assert isinstance(parse(text), (ParsedStep, ParseFailure))
+    # parse() turns any exception into a ParseFailure, so it is the parser inside that must not raise.
+    assert isinstance(_parse(text), (ParsedStep, ParseFailure))
 
 
 json_values = st.recursive(
@@ -122,7 +124,7 @@ json_values = st.recursive(
 def test_round_trips_any_valid_step(thought, name, arguments, prose, fenced):
     body = json.dumps({"thought": thought, "actions": [{"name": name, "arguments": arguments}]})
     text = f"{prose}\n```json\n{body}\n```" if fenced else f"{prose} {body}"
-    assert parse(text) == ParsedStep(thought, {"name": name, "arguments": arguments})
+    assert parse(text) == ParsedStep(thought, Action(name, arguments))
 
 
 @settings(max_examples=examples(200), deadline=None)

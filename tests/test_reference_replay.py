@@ -66,7 +66,7 @@ def test_recorded_calculations_reproduced_exactly(replayed):
     checked = 0
     for r in replayed:
         for obs in (e for e in r.events if isinstance(e, ev.Observation)):
-            if obs.action and obs.action["name"] == "Calculate":
+            if obs.action and obs.action.name == "Calculate":
                 recorded = r.recorded_feedback(obs.step)
                 if recorded.startswith("OBSERVATION:"):
                     assert obs.observation == recorded, (r.name, obs.action)
@@ -84,8 +84,8 @@ def test_recorded_calculate_failures_now_succeed(replayed):
     failures = []
     for r in replayed:
         for obs in (e for e in r.events if isinstance(e, ev.Observation)):
-            if obs.action and obs.action["name"] == "Calculate" and r.recorded_feedback(obs.step).startswith("Execution failed"):
-                failures.append((r.name, obs.action["arguments"]["expression"], obs.output))
+            if obs.action and obs.action.name == "Calculate" and r.recorded_feedback(obs.step).startswith("Execution failed"):
+                failures.append((r.name, obs.action.arguments["expression"], obs.output))
     assert failures == [
         ("TACO-Llama3-SigLIP-101", "0.5 * 830^2", {"result": 344450.0}),
         ("TACO-Qwen2-SigLIP-101", "0.5 * 44 * 830^2", {"result": 15155800.0}),
@@ -96,7 +96,7 @@ def test_ocr_runs_live_and_report_differences(replayed):
     calls, differ, examples = 0, 0, []
     for r in replayed:
         for obs in (e for e in r.events if isinstance(e, ev.Observation)):
-            if obs.action and obs.action["name"] == "OCR":
+            if obs.action and obs.action.name == "OCR":
                 calls += 1
                 assert obs.error is None and obs.observation.startswith("OBSERVATION:\n{'text': "), (r.name, obs.observation[:200])
                 recorded = r.recorded_feedback(obs.step)

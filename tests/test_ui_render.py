@@ -20,6 +20,7 @@ from PIL import Image, ImageColor
 from skimage import data
 
 from taco_app.cota import events as ev
+from taco_app.cota.actions import Action
 from taco_app.cota.parser import partial_thought
 from taco_app.drawing import COLOURS, colorize_depth, colormap
 from taco_app.store.db import Store
@@ -64,7 +65,7 @@ def started(files: ImageFiles, *pictures: Image.Image, question="q") -> ev.Sessi
 
 
 def tool_step(n, name, arguments, overlays, output=None, **more):
-    action = {"name": name, "arguments": arguments}
+    action = Action(name, arguments)
     return [ev.ActionParsed(step=n, raw="{}", thought="t", action=action, generation_s=0.5),
             ev.ToolStarted(step=n, action=action),
             ev.Observation(step=n, action=action, observation="OBSERVATION:\n{}", output=output or {}, overlays=overlays,
@@ -90,7 +91,7 @@ def test_thought_streams_token_by_token_then_settles():
         shown.append(expected or "")
     grown = [s for s in shown if s]
     assert len(set(grown)) > 5 and all(b.startswith(a) for a, b in pairwise(grown))
-    action = {"name": "OCR", "arguments": {"image": "image-0"}}
+    action = Action("OCR", {"image": "image-0"})
     view.add(ev.ActionParsed(step=1, raw=raw, thought=thought, action=action, generation_s=1.5))
     view.add(ev.ToolStarted(step=1, action=action))
     assert "*Running OCR…*" in view.messages()[1]["content"]
@@ -171,8 +172,8 @@ def test_failed_max_steps_and_cancelled_sessions_say_why():
 def test_review_waits_and_an_edit_shows_what_ran_and_what_the_model_proposed():
     if not hasattr(ev, "ActionReview"):
         pytest.skip("this build has no action review")
-    proposed = {"name": "OCR", "arguments": {"image": "image-0"}}
-    edited = {"name": "Crop", "arguments": {"image": "image-0", "bbox": [0, 0, 0.5, 0.5]}}
+    proposed = Action("OCR", {"image": "image-0"})
+    edited = Action("Crop", {"image": "image-0", "bbox": [0, 0, 0.5, 0.5]})
     view = ChatView()
     view.add(ev.ActionParsed(step=1, thought="read it", action=proposed))
     view.add(ev.ActionReview(step=1, action=proposed))
@@ -191,7 +192,7 @@ def test_review_waits_and_an_edit_shows_what_ran_and_what_the_model_proposed():
 
 def test_html_and_markdown_from_anyone_come_out_as_text():
     hostile = "<img src=x onerror=alert(1)> <script>alert(2)</script> [link](javascript:x) ![i](http://x/y.png)"
-    action = {"name": "<b>OCR</b>", "arguments": {"image": "```<script>"}}
+    action = Action("<b>OCR</b>", {"image": "```<script>"})
     events = [ev.SessionStarted(question=hostile),
               ev.ActionParsed(step=1, raw="r", thought=hostile, action=action),
               ev.ToolStarted(step=1, action=action),
@@ -229,7 +230,7 @@ def test_urls_addresses_and_latex_from_anyone_are_neither_links_nor_math():
     shown = escape_text(LINKS_AND_MATH)
     assert as_shown(shown) == LINKS_AND_MATH  # the page shows it as typed
     assert linkable(shown) == [] and "$$" not in shown
-    action = {"name": "http://x.org", "arguments": {"url": "http://x.org"}}
+    action = Action("http://x.org", {"url": "http://x.org"})
     events = [ev.SessionStarted(question=LINKS_AND_MATH),
               ev.ActionParsed(step=1, raw="r", thought=LINKS_AND_MATH, action=action),
               ev.Observation(step=1, action=action, observation="OBSERVATION:\n$$x$$ http://x.org",

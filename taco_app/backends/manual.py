@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
+from taco_app.cota.actions import Action, step_text
 from taco_app.cota.backend import BackendError
 from taco_app.cota.prompt import Prompt
 from taco_app.cota.registry import action_names
@@ -100,8 +101,6 @@ def compose_step(thought: str, name: str, arguments: dict[str, Any] | str) -> st
     action name that TACO does not have. Whether the arguments suit the action is checked when it
     runs, as for a model (a wrong one becomes the failed-execution observation).
     """
-    from taco_app.runner import step_text  # here, not at import: agent imports the backends package
-
     if not isinstance(thought, str):
         raise ValueError(f"the thought must be text, not {type(thought).__name__}")
     name = name.strip() if isinstance(name, str) else name
@@ -118,4 +117,4 @@ def compose_step(thought: str, name: str, arguments: dict[str, Any] | str) -> st
             raise ValueError(f"the arguments are not valid JSON ({err}); write an object, e.g. {example}") from None
     if not isinstance(arguments, dict):
         raise ValueError(f"the arguments must be a JSON object, e.g. {example}, not {type(arguments).__name__}")
-    return step_text(thought, {"name": name, "arguments": arguments})
+    return step_text(thought, Action(name, arguments))

@@ -2,7 +2,8 @@
 
 The step loop yields these; the CLI, the UI and the store consume them. Each is a dataclass with a
 fixed ``kind``; :func:`to_dict` / :func:`from_dict` are the one place that turns them to and from
-JSON (the discriminator is written as ``"type"``). Images travel by id and content hash, never
+JSON (the discriminator is written as ``"type"``). Actions are :class:`~taco_app.cota.actions.Action`
+objects, written as TACO's ``{"name", "arguments"}``. Images travel by id and content hash, never
 as bytes.
 """
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from taco_app.cota.actions import Action, json_safe  # noqa: F401  (json_safe: also read as ``ev.json_safe``)
 
 
 @dataclass
@@ -90,7 +92,7 @@ class ActionParsed(Event):
     kind: ClassVar[str] = "action_parsed"
     raw: str = ""
     thought: str = ""
-    action: dict[str, Any] | None = None  # None: the model gave an empty actions list
+    action: Action | None = None  # None: the model gave an empty actions list
     generation_s: float = 0.0
     usage: dict[str, int] | None = None  # Usage.as_dict() when the backend reports tokens
 
@@ -100,7 +102,7 @@ class ActionReview(Event):
     """The loop waits for a person to approve, edit or stop ``action`` before it runs (``run(review=…)``)."""
 
     kind: ClassVar[str] = "action_review"
-    action: dict[str, Any] = field(default_factory=dict)
+    action: Action = field(default_factory=lambda: Action(""))
 
 
 @dataclass
@@ -112,8 +114,8 @@ class ActionEdited(Event):
     """
 
     kind: ClassVar[str] = "action_edited"
-    original: dict[str, Any] = field(default_factory=dict)
-    action: dict[str, Any] = field(default_factory=dict)
+    original: Action = field(default_factory=lambda: Action(""))
+    action: Action = field(default_factory=lambda: Action(""))
     text: str = ""
 
 
@@ -131,7 +133,7 @@ class ParseError(Event):
 @dataclass
 class ToolStarted(Event):
     kind: ClassVar[str] = "tool_started"
-    action: dict[str, Any] = field(default_factory=dict)
+    action: Action = field(default_factory=lambda: Action(""))
 
 
 @dataclass
@@ -139,7 +141,7 @@ class Observation(Event):
     """The result of an executed action, and the exact turn text fed back to the model."""
 
     kind: ClassVar[str] = "observation"
-    action: dict[str, Any] | None = None
+    action: Action | None = None  # None: the model gave an empty actions list
     observation: str = ""
     output: dict[str, Any] | None = None  # the tool's output, JSON-safe; None when it failed
     error: str | None = None  # "<class 'ValueError'>: message" when the tool failed
@@ -189,33 +191,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
-def json_safe(value: Any) -> Any:
-    """A JSON-encodable copy: non-finite floats and unknown objects become strings, dataclasses dicts.
-
-    Iterative, so a model's arguments nested however deep never reach Python's recursion limit.
-    """
-    root: list[Any] = [None]
-    pending: list[tuple[Any, Any, Any]] = [(value, root, 0)]  # (value, where its copy goes, key there)
-    while pending:
-        item, parent, key = pending.pop()
-        if isinstance(item, float):
-            copy: Any = item if math.isfinite(item) else repr(item)
-        elif item is None or isinstance(item, (str, int, bool)):
-            copy = item
-        elif isinstance(item, dict) or (dataclasses.is_dataclass(item) and not isinstance(item, type)):
-            pairs = item.items() if isinstance(item, dict) else ((f.name, getattr(item, f.name)) for f in dataclasses.fields(item))
-            children = {str(k): v for k, v in pairs}  # keys that collide as strings: the last wins
-            copy = dict.fromkeys(children)
-            pending.extend((v, copy, k) for k, v in children.items())
-        elif isinstance(item, (list, tuple)):
-            copy = [None] * len(item)
-            pending.extend((v, copy, i) for i, v in enumerate(item))
-        else:
-            copy = str(item)
-        parent[key] = copy
-    return root[0]
-
-
+# The fields that hold an :class:`Action` (written as its ``{"name", "arguments"}``), by event class.
+_ACTION_FIELDS: dict[type[Event], tuple[str, ...]] = {
+    ActionParsed: ("action",), ActionReview: ("action",), ActionEdited: ("original", "action"),
+    ToolStarted: ("action",), Observation: ("action",),
+}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -230,6 +210,9 @@ def from_dict(data: dict[str, Any]) -> Event:
         kwargs["images"] = [ImageInfo(**i) for i in kwargs.get("images", [])]
     if cls is ImageProduced and kwargs.get("image") is not None:
         kwargs["image"] = ImageInfo(**kwargs["image"])
+    for name in _ACTION_FIELDS.get(cls, ()):
+        if kwargs.get(name) is not None:
+            kwargs[name] = Action.from_dict(kwargs[name])
     return cls(**kwargs)
 
 

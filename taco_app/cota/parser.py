@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from taco_app.cota.actions import Action
+
 MAX_CANDIDATES = 16  # objects tried per output; bounds the work on hostile text
 # TACO's steps nest 3 or 4 levels. Deeper objects are refused here, so that nothing downstream (the
 # store's JSON columns, copies, the page) ever recurses deeper than this on a model's data.
@@ -23,7 +25,7 @@ _FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n?(.*?)(?:```|$)", re.S)
 @dataclass(frozen=True)
 class ParsedStep:
     thought: str
-    action: dict[str, Any] | None  # {"name": str, "arguments": dict}; None = empty actions list
+    action: Action | None  # a name and an arguments object; None = empty actions list
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def _interpret(obj: Any) -> ParsedStep | ParseFailure:
         arguments = {}
     if not isinstance(arguments, dict):
         return ParseFailure("unknown", "Unexpected <class 'TypeError'>: the action 'arguments' must be an object.")
-    return ParsedStep(thought, {"name": name, "arguments": arguments})
+    return ParsedStep(thought, Action(name, arguments))
 
 
 # --- finding the object -----------------------------------------------------------------------

@@ -358,10 +358,10 @@ class _Recorder:
             return
         elif isinstance(item, ev.ActionParsed):
             self._begin_step(item.step).update(raw=item.raw, thought=item.thought, action=item.action, generation_s=item.generation_s,
-                                               action_name=item.action["name"] if item.action else None, **_tokens(item.usage))
+                                               action_name=item.action.name if item.action else None, **_tokens(item.usage))
         elif isinstance(item, ev.ActionEdited):
             step = self._begin_step(item.step)
-            name = item.action.get("name")
+            name = item.action.name  # a person's edit: not necessarily text
             step.update(action=item.action, action_name=name if isinstance(name, str) else None)
             self.feedback.append(FeedbackRow(
                 session_id=self.session_id, step=item.step, created_at=time.time(), note=EDIT_NOTE,

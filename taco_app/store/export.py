@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from taco_app.cota.actions import compact_json, step_text
 from taco_app.cota.parser import ParsedStep, parse
 from taco_app.cota.prompt import IMAGE_TOKEN, assistant_turn, user_request
 from taco_app.store.files import atomic_writer, write_atomic
@@ -43,11 +44,6 @@ class ExportResult:
     count: int
     files: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "session id: why", for sessions that could not be exported
-
-
-def compact(obj: Any) -> str:
-    """TACO's checkpoints emit compact JSON; corrections are written the same way."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 def parse_since(since: str | None) -> float | None:
@@ -160,16 +156,14 @@ def _conversation(session: SessionRow, notes: LatestFeedback) -> tuple[list[Any]
         return None
     for position, step in enumerate(steps):
         fix = notes.corrected_steps.get(step.index)
-        raw = step.raw if fix is None else (fix if isinstance(fix, str) else compact(fix))
+        raw = step.raw if fix is None else (fix if isinstance(fix, str) else compact_json(fix))
         last = position == len(steps) - 1
         if last:
             parsed = parse(raw)
-            if not (isinstance(parsed, ParsedStep) and parsed.action and parsed.action["name"] == "Terminate"
-                    and "answer" in parsed.action["arguments"]):
+            if not (isinstance(parsed, ParsedStep) and parsed.action and parsed.action.is_final):
                 return None  # not an answered session: nothing to learn an ending from
             if notes.corrected_answer is not None:
-                action = {"name": "Terminate", "arguments": {**parsed.action["arguments"], "answer": notes.corrected_answer}}
-                raw = compact({"thought": parsed.thought, "actions": [action]})
+                raw = step_text(parsed.thought, parsed.action.with_answer(notes.corrected_answer))
         turns.append(assistant_turn(raw))
         if last or step.observation is None:
             continue

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from taco_app.cota.events import json_safe
+from taco_app.cota.actions import Action, json_safe
 from taco_app.cota.parser import ParsedStep, parse
 from taco_app.cota.prompt import IMAGE_TOKEN, ImagePart, Part, Turn
 from taco_app.cota.traces import Conversation, TraceFormatError, parse_trace
@@ -323,7 +323,7 @@ def _store_source(store: Any, source: _Source) -> tuple[str, bool]:
     files = ImageFiles(store.images_root)
     stored = {image_id: files.save_bytes(image.data, image.ext)[1] for image_id, image in images.items()}
     steps, produced_at, answer = _steps(session_id, conversation.turns)
-    finished = bool(steps and steps[-1].action and steps[-1].action["name"] == "Terminate")
+    finished = bool(steps and steps[-1].action and Action.from_dict(steps[-1].action).is_final)
     inputs = set(conversation.input_image_ids)
     rows = [ImageRow(session_id=session_id, ordinal=_ordinal(image_id), image_id=image_id, sha256=image.sha256,
                      path=store._relative(str(stored[image_id])), width=image.width, height=image.height,
@@ -369,10 +369,9 @@ def _steps(session_id: str, turns: list[Turn]) -> tuple[list[StepRow], dict[str,
             # JSON-safe as the recorder writes it: PostgreSQL refuses a model's 1e309 (infinity).
             step.thought, step.action = parsed.thought, json_safe(parsed.action)
             # indexed copy of the action name, filled as the recorder fills it (tool filters use it)
-            name = parsed.action["name"] if parsed.action else None
-            step.action_name = name[:64] if isinstance(name, str) else None
-            if parsed.action and parsed.action["name"] == "Terminate":
-                answer = json_safe(parsed.action["arguments"].get("answer"))
+            step.action_name = parsed.action.name[:64] if parsed.action else None
+            if parsed.action and parsed.action.is_final:
+                answer = json_safe(parsed.action.answer)
         else:
             step.parse_error_code, step.parse_error = parsed.code, parsed.message
         for image_id in step.image_ids:

@@ -305,9 +305,9 @@ def validate_step(text_or_obj: str | dict[str, Any]) -> dict[str, Any]:
     parsed = parse(text)
     if isinstance(parsed, ParseFailure):
         raise ValueError(f"{parsed.message} Hint: {STEP_HINT}")
-    if parsed.action is not None and parsed.action["name"] not in action_names():
-        raise ValueError(f"unknown action {parsed.action['name']!r}; the actions are {', '.join(action_names())}")
-    return {"thought": parsed.thought, "actions": [parsed.action] if parsed.action else []}
+    if parsed.action is not None and parsed.action.name not in action_names():
+        raise ValueError(f"unknown action {parsed.action.name!r}; the actions are {', '.join(action_names())}")
+    return {"thought": parsed.thought, "actions": [parsed.action.as_dict()] if parsed.action else []}
 
 
 def correct_step(store: Store, session_id: str, step: int, text_or_obj: str | dict[str, Any]) -> dict[str, Any]:

@@ -112,7 +112,7 @@ class StepRow(Base):
     raw: Mapped[str] = mapped_column(SafeText, default="")
     thought: Mapped[str | None] = mapped_column(SafeText)
     action: Mapped[Any] = mapped_column(JSON, nullable=True)  # {"name", "arguments"}; null: no action
-    action_name: Mapped[str | None] = mapped_column(SafeText(64))  # action["name"], for indexed filtering
+    action_name: Mapped[str | None] = mapped_column(SafeText(64))  # the action's name, for indexed filtering
     parse_error_code: Mapped[str | None] = mapped_column(String(16))
     parse_error: Mapped[str | None] = mapped_column(SafeText)
     observation: Mapped[str | None] = mapped_column(SafeText)  # the exact turn fed back to the model

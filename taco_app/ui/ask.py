@@ -17,6 +17,7 @@ import gradio as gr
 
 from taco_app.cota.backend import BackendError
 from taco_app.cota import events as ev
+from taco_app.cota.actions import Action
 from taco_app.runner import InputImage, run
 from taco_app.cota.prompt import check_question
 from taco_app.cota.registry import action_names
@@ -113,7 +114,7 @@ def build(studio: Studio, registry: Registry) -> None:
             raise gr.Error(f"The arguments are not valid JSON ({err}). Fix them, then run the action.")
         if not isinstance(parsed, dict):
             raise gr.Error('The arguments must be a JSON object, e.g. {"image": "image-0"}.')
-        if live is None or not live.decide({"name": name, "arguments": parsed}):
+        if live is None or not live.decide(Action(name, parsed)):
             gr.Warning("No action is waiting for review.")
         return gr.update(visible=False)
 
@@ -254,9 +255,9 @@ def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event |
         seen = render.images_seen(live.events)
     review = (skip, skip, skip, skip)
     if isinstance(event, ev.ActionReview):
-        action = event.action or {}
+        action = event.action
         review = (gr.update(visible=True), f"**Step {event.step}: the model proposes this action.** Edit it or run it as is.",
-                  gr.update(value=action.get("name")), json.dumps(action.get("arguments", {}), indent=1, ensure_ascii=False))
+                  gr.update(value=action.name), json.dumps(action.arguments, indent=1, ensure_ascii=False))
         live.panels["review"] = True
     elif live.panels.get("review"):
         review = (gr.update(visible=False), skip, skip, skip)

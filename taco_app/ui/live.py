@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taco_app.cota import events as ev
+from taco_app.cota.actions import Action
 
 REVIEW_POLL_S = 0.1  # how often a waiting review looks at Stop
 
@@ -23,13 +24,13 @@ class LiveRun:
     cancel: threading.Event = field(default_factory=threading.Event)
     events: list[ev.Event] = field(default_factory=list)
     manual: Any = None  # the ManualBackend of a manual-mode run
-    reviewing: dict[str, Any] | None = None  # the action waiting for the person, if any
+    reviewing: Action | None = None  # the action waiting for the person, if any
     # What the page shows now, so only changes are sent: (step choices, selected step), open panels.
     shown_steps: tuple[Any, Any] | None = None
     panels: dict[str, bool] = field(default_factory=dict)
-    _decisions: "queue.Queue[dict[str, Any] | None]" = field(default_factory=queue.Queue)
+    _decisions: "queue.Queue[Action | None]" = field(default_factory=queue.Queue)
 
-    def review(self, step: int, action: dict[str, Any]) -> dict[str, Any] | None:
+    def review(self, step: int, action: Action) -> Action | None:
         """The agent's review hook: wait for Approve (maybe edited) or Stop."""
         self.reviewing = action
         try:
@@ -42,7 +43,7 @@ class LiveRun:
         finally:
             self.reviewing = None
 
-    def decide(self, action: dict[str, Any] | None) -> bool:
+    def decide(self, action: Action | None) -> bool:
         """Approve (an action) or stop (None) the waiting review; False when nothing waits."""
         if self.reviewing is None:
             return False

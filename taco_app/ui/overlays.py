@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from taco_app.cota import events as ev
+from taco_app.cota.actions import Action
 from taco_app.drawing import LEGEND_MIN_SIDE, depth_legend, draw_regions, fit_within
 from taco_app.media import ImageLoadError, load_image
 from taco_app.tools.base import image_id as normalise_image_id
@@ -63,7 +64,7 @@ class StepFacts:
 
     seen: bool = False
     parse_error: ev.ParseError | None = None
-    action: dict[str, Any] | None = None
+    action: Action | None = None
     observation: ev.Observation | None = None
     produced: list[str] = field(default_factory=list)
 
@@ -103,9 +104,9 @@ def _as_image_id(value: Any) -> str | None:
         return None
 
 
-def target_image(action: dict[str, Any], overlays: dict[str, Any]) -> str | None:
+def target_image(action: Action, overlays: dict[str, Any]) -> str | None:
     """The image a step's picture is drawn on: the one its action refers to."""
-    arguments = action.get("arguments") if isinstance(action.get("arguments"), dict) else {}
+    arguments = action.arguments if isinstance(action.arguments, dict) else {}
     for value in (overlays.get("on"), arguments.get("image"), overlays.get("reference"), overlays.get("best")):
         found = _as_image_id(value) if value is not None else None
         if found:
@@ -176,10 +177,10 @@ def _render(events: list[ev.Event], step: int, root: Path | None, max_side: int)
         return None, f"There is no step {step} in this session (yet)."
     if facts.parse_error is not None:
         return None, f"Step {step}: the model's reply could not be parsed, so no tool ran; nothing to draw."
-    action = facts.action if isinstance(facts.action, dict) else None
+    action = facts.action
     if action is None:
         return None, f"Step {step}: the model chose no action; nothing to draw."
-    name = str(action.get("name"))
+    name = str(action.name)
     if name == "Terminate":
         return None, f"Step {step} · Terminate: the final answer; nothing to draw."
     obs = facts.observation

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from taco_app.cota import events as ev
+from taco_app.cota.actions import Action
 from taco_app.cota.parser import partial_thought
 from taco_app.ui.overlays import resolve_path
 
@@ -90,8 +91,8 @@ class _Step:
     parsed: ev.ActionParsed | None = None
     parse_error: ev.ParseError | None = None
     reviewing: bool = False  # waiting for a person to approve, edit or stop the action
-    original: dict[str, Any] | None = None  # the model's action, when a person edited it
-    running: dict[str, Any] | None = None  # the action a tool is running for
+    original: Action | None = None  # the model's action, when a person edited it
+    running: Action | None = None  # the action a tool is running for
     observation: ev.Observation | None = None
     produced: list[ev.ImageInfo] = field(default_factory=list)
     answered: bool = False
@@ -105,10 +106,10 @@ class _Step:
             return "parse error"
         if self.parsed is not None:
             action = self.action()
-            return str(action.get("name")) if action else "no action"
+            return str(action.name) if action else "no action"
         return "thinking…"
 
-    def action(self) -> dict[str, Any] | None:
+    def action(self) -> Action | None:
         """The action that runs: a person's edit, if any, else the model's."""
         if self.original is not None and self.running is not None:
             return self.running
@@ -142,8 +143,8 @@ class _Step:
         if action is None:
             parts.append("**No action:** the model gave an empty actions list.")
         else:
-            arguments = json.dumps(ev.json_safe(action.get("arguments")), ensure_ascii=False)
-            parts.append(f"**Action:** {escape_text(action.get('name'))}\n" + code_block(arguments, "json"))
+            arguments = json.dumps(ev.json_safe(action.arguments), ensure_ascii=False)
+            parts.append(f"**Action:** {escape_text(action.name)}\n" + code_block(arguments, "json"))
         if self.original is not None:
             proposed = json.dumps(ev.json_safe(self.original), ensure_ascii=False)
             parts.append("*Edited at review; the model proposed:*\n" + code_block(proposed, "json"))
@@ -151,7 +152,7 @@ class _Step:
         if self.reviewing and obs is None and self.running is None and not self.done:
             parts.append("*Waiting for review: approve, edit or stop this action.*")
         if obs is None and self.running is not None and not self.done:
-            parts.append(f"*Running {escape_text(self.running.get('name'))}…*")
+            parts.append(f"*Running {escape_text(self.running.name)}…*")
         if obs is None and self.not_run:
             parts.append("*Not run: the session ended before this action could be carried out.*")
         if obs is not None:
@@ -364,13 +365,11 @@ def trace_events(trace: Any) -> list[ev.Event]:
                                         message=row.get("parse_error") or "", observation=row.get("observation") or "",
                                         generation_s=generation_s, usage=usage))
             continue
-        action = row.get("action")
+        action = Action.from_dict(row["action"]) if isinstance(row.get("action"), dict) else None
         events.append(ev.ActionParsed(step=n, raw=row.get("raw") or "", thought=row.get("thought") or "",
                                       action=action, generation_s=generation_s, usage=usage))
-        arguments = action.get("arguments") if isinstance(action, dict) else None
-        if action is not None and action.get("name") == "Terminate" and isinstance(arguments, dict) \
-                and "answer" in arguments and row.get("observation") is None:
-            events.append(ev.FinalAnswer(step=n, answer=ev.json_safe(arguments["answer"])))
+        if action is not None and action.is_final and row.get("observation") is None:
+            events.append(ev.FinalAnswer(step=n, answer=ev.json_safe(action.answer)))
             continue
         if row.get("observation") is None:
             continue  # the session ended before the action ran

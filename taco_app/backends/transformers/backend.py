@@ -18,7 +18,8 @@ from typing import Any, Iterator, Sequence
 from PIL import Image
 
 from taco_app.cota.backend import BackendError, Chunk
-from taco_app.backends.transformers.loading import LoadOptions, Loaded, ModelStatus, family_of, hub_kwargs, plan, resolve, timed_load
+from taco_app.backends.transformers.loading import (LoadedCheckpoint, LoadOptions, ModelStatus, family_of, hub_kwargs, plan,
+                                                    resolve, timed_load)
 from taco_app.cota.events import Usage
 from taco_app.cota.prompt import Prompt, wrap_chat
 
@@ -124,7 +125,7 @@ class TransformersBackend:
         self.quantisation = self.options.quantisation
         self.status = ModelStatus(model_id=self.model_id, revision=self.revision, quantisation=self.quantisation)
         self.cache = PrefixCache()
-        self._loaded: Loaded | None = None
+        self._loaded: LoadedCheckpoint | None = None
         self._family: str | None = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one generation at a time on the model
@@ -147,7 +148,7 @@ class TransformersBackend:
     def loaded(self) -> bool:
         return self._loaded is not None
 
-    def load(self) -> Loaded:
+    def load(self) -> LoadedCheckpoint:
         with self._load_lock:
             if self._loaded is None:
                 self._loaded = timed_load(self.options, self.status)

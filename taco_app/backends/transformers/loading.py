@@ -105,7 +105,9 @@ class ModelStatus:
 
 
 @dataclass
-class Loaded:
+class LoadedCheckpoint:
+    """A TACO checkpoint ready to generate: the model, its processor, and how it was loaded."""
+
     model: Any
     processor: Any
     family: str  # "mantis" | "qwen2"
@@ -223,7 +225,7 @@ def quantization_config(quantisation: str) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANTISATION)
 
 
-def load(options: LoadOptions, report: Callable[[str, float], None] = lambda stage, progress: None) -> Loaded:
+def load(options: LoadOptions, report: Callable[[str, float], None] = lambda stage, progress: None) -> LoadedCheckpoint:
     """Load model and processor; every failure becomes a :class:`BackendError` that says the fix."""
     options = plan(options)
     report("finding the weights", 0.05)
@@ -257,7 +259,7 @@ def load(options: LoadOptions, report: Callable[[str, float], None] = lambda sta
     except OSError as err:
         raise BackendError(_hub_error(options.model_id, err)) from err
     report("ready", 1.0)
-    return Loaded(model, processor, family, options.device, options.quantisation, str(dtype).removeprefix("torch."))
+    return LoadedCheckpoint(model, processor, family, options.device, options.quantisation, str(dtype).removeprefix("torch."))
 
 
 def _oom_message(options: LoadOptions) -> str:
@@ -284,7 +286,7 @@ def gpu_memory_bytes(device: str) -> int | None:
     return int(torch.cuda.memory_allocated(device))
 
 
-def timed_load(options: LoadOptions, status: ModelStatus) -> Loaded:
+def timed_load(options: LoadOptions, status: ModelStatus) -> LoadedCheckpoint:
     """:func:`load`, keeping ``status`` current for the UI (progress, then the result or the error)."""
 
     def report(stage: str, progress: float) -> None:
