@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import traceback
+from pathlib import Path
 
+import PIL
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -51,6 +54,29 @@ REFUSED = {
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make(tmp_path_factory.mktemp("corpus"))
+
+
+PILLOW = Path(PIL.__file__).resolve().parent
+
+
+def refused_by_pillow(err: ImageLoadError) -> bool:
+    """Whether Pillow refused the file, rather than our own code failing after it.
+
+    load_image_info turns every exception into an ImageLoadError, so a bug in our conversion would
+    pass for a bad file. Its own checks raise ImageLoadError directly (no cause); anything else must
+    have come out of a call from load_image_info straight into Pillow.
+    """
+    cause = err.__cause__
+    if cause is None:
+        return True
+    frames = traceback.extract_tb(cause.__traceback__)
+    ours = [i for i, frame in enumerate(frames) if frame.name == "load_image_info"]
+    below = ours[-1] + 1 if ours else len(frames)
+    return below < len(frames) and Path(frames[below].filename).resolve().is_relative_to(PILLOW)
+
+
+def failure(err: ImageLoadError) -> str:
+    return "".join(traceback.format_exception(err.__cause__ or err))
 
 
 def close(a, b, tolerance=8):
@@ -130,8 +156,8 @@ def test_every_corpus_file_loads_or_raises_image_load_error(corpus):
     for path in corpus.values():
         try:
             load_image_info(path)
-        except ImageLoadError:
-            pass
+        except ImageLoadError as err:
+            assert refused_by_pillow(err), failure(err)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -144,6 +170,7 @@ def test_random_bytes_never_raise_anything_else(tmp_path, data, prefix):
         img, notes = load_image_info(path)
     except ImageLoadError as err:
         assert str(err) and "\n" not in str(err)
+        assert refused_by_pillow(err), failure(err)
     else:
         assert img.mode == "RGB" and isinstance(notes, list)
 

@@ -170,8 +170,6 @@ def test_failed_max_steps_and_cancelled_sessions_say_why():
 
 
 def test_review_waits_and_an_edit_shows_what_ran_and_what_the_model_proposed():
-    if not hasattr(ev, "ActionReview"):
-        pytest.skip("this build has no action review")
     proposed = Action("OCR", {"image": "image-0"})
     edited = Action("Crop", {"image": "image-0", "bbox": [0, 0, 0.5, 0.5]})
     view = ChatView()
