@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast bench examples clean
+.PHONY: run test test-fast bench gpu-wheels gpu-check examples clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ bench: $(VENV)/.installed-dev
 	$(PY) -m benchmarks.bench_tools
 	$(PY) -m benchmarks.bench_store
 	$(PY) -m benchmarks.bench_model
+
+# The GPU check (README, *The GPU check*): fetch its wheels into .whl/ where there is internet, then
+# run it on the GPU machine (Python 3.12, torch, transformers; no .venv, no internet needed there).
+GPU_CHECK_OUT ?= gpu-check.json
+
+gpu-wheels:
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh wheels
+
+gpu-check:
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh run $(GPU_CHECK_OUT)
 
 examples: $(VENV)/.installed
 	$(PY) -m taco_app.examples
