@@ -22,6 +22,12 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from taco_app.cota.prompt import FAMILIES
+    from taco_app.runner import MAX_REPLIES
+    from taco_app.settings import QUANTISATIONS
+    from taco_app.store.export import FORMATS, RATINGS
+    from taco_app.weights import SLOT_KEYS
+
     parser = argparse.ArgumentParser(prog="app.py", description="TACO Studio: run, watch, judge and improve TACO models.")
     parser.add_argument("--version", action="version", version=f"TACO Studio {__version__}")
     parser.add_argument("--home", help="data folder (default: $TACO_HOME or ~/.taco)")
@@ -41,34 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image", action="append", default=[], metavar="PATH", help="an input image (repeatable)")
     run.add_argument("--question", required=True)
     run.add_argument("--backend", default="auto", help="replay:FILE | transformers[:MODEL] | openai | auto")
-    run.add_argument("--family", choices=["mantis", "qwen2"], help="prompt format (default: the backend's)")
+    run.add_argument("--family", choices=FAMILIES, help="prompt format (default: the backend's)")
     model = run.add_argument_group("local checkpoint (--backend transformers[:MODEL])")
     model.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present; $TACO_DEVICE)")
-    model.add_argument("--quantisation", choices=["4bit", "8bit", "none"], help="default: 4bit on CUDA, none on the CPU ($TACO_QUANTISATION)")
+    model.add_argument("--quantisation", choices=QUANTISATIONS, help="default: 4bit on CUDA, none on the CPU ($TACO_QUANTISATION)")
     model.add_argument("--revision", help="a branch, tag or commit of a Hub checkpoint ($TACO_MODEL_REVISION)")
     model.add_argument("--max-new-tokens", type=int, help="per reply (default 2000, as TACO; $TACO_MAX_NEW_TOKENS)")
     api = run.add_argument_group("OpenAI-compatible server (--backend openai)")
     api.add_argument("--base-url", help="e.g. http://127.0.0.1:8000/v1 ($TACO_OPENAI_BASE_URL)")
     api.add_argument("--api-model", help="the model name the server knows ($TACO_OPENAI_MODEL)")
-    run.add_argument("--max-replies", type=int, default=10, help="replies allowed after the first (TACO: 10)")
+    run.add_argument("--max-replies", type=int, default=MAX_REPLIES,
+                     help=f"replies allowed after the first (default {MAX_REPLIES}, as TACO)")
     run.add_argument("--json", action="store_true", help="one JSON object per event per line")
 
     prompt = sub.add_parser("prompt", help="print the exact text the model is given")
-    prompt.add_argument("--family", choices=["mantis", "qwen2"], default="mantis")
+    prompt.add_argument("--family", choices=FAMILIES, default=FAMILIES[0])
     prompt.add_argument("--trace", help="a conversation (reference trace format): print the prompt for its next step")
 
-    sub.add_parser("doctor", help="what works on this machine")
+    sub.add_parser("doctor", help="what works on this machine, and every setting with where it came from")
     download = sub.add_parser("download", help="fetch model weights into the Hugging Face cache for offline use")
     download.add_argument("--taco", action="store_true", help="also the TACO checkpoints (about 16 GB each)")
-    download.add_argument("--only", action="append", choices=["detection", "depth", "clip"], help="just these tool models")
+    download.add_argument("--only", action="append", choices=SLOT_KEYS, help="just these tool models")
     convert = sub.add_parser("convert", help="turn the original LLaVA-NeXT TACO-Qwen2 checkpoint into a transformers LLaVA-OneVision one")
     convert.add_argument("src", metavar="SRC", help="the original checkpoint: a folder, or a Hub id in the local cache"
                          " (e.g. Salesforce/qwen2-siglip-llava-ov-taco-7b)")
     convert.add_argument("dst", metavar="DST", help="a new or empty folder for the converted checkpoint")
     export = sub.add_parser("export", help="export sessions as CoTA training data")
-    export.add_argument("--format", choices=["cota-mantis", "cota-llava"], required=True)
+    export.add_argument("--format", choices=FORMATS, required=True)
     export.add_argument("--out", required=True, metavar="DIR", help="an empty folder (or pass --force)")
-    export.add_argument("--rating", choices=["up"], help="only sessions rated thumbs-up")
+    export.add_argument("--rating", choices=RATINGS, help="only sessions with this rating (up: thumbs-up)")
     export.add_argument("--corrected-only", action="store_true", help="only sessions with a correction")
     export.add_argument("--since", metavar="YYYY-MM-DD", help="only sessions created on or after this date (UTC)")
     export.add_argument("--force", action="store_true", help="write into a folder that is not empty")
@@ -78,21 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. Settings are read and checked first: a bad one stops it (exit 2)."""
     args = build_parser().parse_args(argv)
-    import os
-
-    if args.home:
-        os.environ["TACO_HOME"] = args.home
-    if args.db:
-        os.environ["TACO_DB_URL"] = args.db
     command = args.command or "ui"
     if command != "ui":  # a command's failure is its one line on stderr; the web app logs details instead
         logging.getLogger("taco_app").addHandler(logging.NullHandler())
-    from taco_app.settings import SettingsError
+    from taco_app.settings import Settings, SettingsError, flag_values, use
     from taco_app.store.db import StoreError
 
+    try:  # flags over the environment, without touching the environment
+        settings = Settings.read(flag_values(args))
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
-        return COMMANDS[command](args)
+        with use(settings):
+            return COMMANDS[command](args)
     except (UsageError, SettingsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -127,10 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for k, image in enumerate(inputs):
         for note in image.notes:  # e.g. an animation: only its first frame is used
             print(f"note: image-{k}: {note}", file=sys.stderr)
-    options = BackendOptions(family=args.family, device=args.device, quantisation=args.quantisation, revision=args.revision,
-                             max_new_tokens=args.max_new_tokens, base_url=args.base_url, api_model=args.api_model)
-    try:
-        backend = create_backend(args.backend, options)
+    try:  # the model's flags (--device, --base-url …) are in the settings, read by each backend
+        backend = create_backend(args.backend, BackendOptions(family=args.family))
     except BackendError as err:
         raise UsageError(str(err)) from None
 
@@ -200,29 +206,10 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from taco_app.tools import default_tools
-    from taco_app.weights import MODELS
+    from taco_app import doctor
 
-    rows = [("action", "model", "weights here", "runs now", "fix")]
-    for name, tool in default_tools().tools.items():
-        status = tool.status()
-        rows.append((name, status.model, status.weights, "yes" if status.ready else "no", status.fix))
-    _print_table(rows)
-    print(f"\ntool models run on: {MODELS.device}\n")
-    from taco_app.backends import doctor_rows
-
-    backends = [("backend", "model", "weights here", "runs now", "fix"), *doctor_rows()]
-    _print_table(backends)
-    missing = sorted({row[4] for row in rows[1:] if row[4] and row[3] == "no"})
-    if missing:
-        print("to fix what does not run: " + "; ".join(missing))
+    sys.stdout.write(doctor.text())
     return 0
-
-
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -251,11 +238,12 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from taco_app.settings import current
     from taco_app.ui.app import serve
 
     try:
         serve(getattr(args, "host", "127.0.0.1"), getattr(args, "port", 7860), share=getattr(args, "share", False),
-              auth=getattr(args, "auth", None))
+              auth=current().secret("auth"))
     except ValueError as err:  # a malformed --auth
         raise UsageError(str(err)) from None
     return 0

@@ -8,7 +8,6 @@ than the limit allows. ``identify_image`` applies the same checks to bytes alrea
 from __future__ import annotations
 
 import io
-import os
 import re
 import warnings
 from contextlib import contextmanager
@@ -18,14 +17,17 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from taco_app.settings import current, default_of
+
 
 class ImageLoadError(ValueError):
     """An image that cannot be used; the message is meant for the person who gave it."""
 
 
-# 64 megapixels (8000 x 8000): above any phone camera, far below what would exhaust memory once
-# the tools make copies. Checked from the header, before anything is decoded.
-MAX_PIXELS = 64_000_000
+# 64 megapixels (8000 x 8000) unless TACO_MAX_IMAGE_PIXELS says otherwise: above any phone camera,
+# far below what would exhaust memory once the tools make copies. Checked from the header, before
+# anything is decoded.
+MAX_PIXELS = default_of("TACO_MAX_IMAGE_PIXELS")
 
 # Only the formats we name to people. Pillow can open many more, some through outside programs
 # (EPS runs Ghostscript) or little-used decoders; an upload has no business reaching those.
@@ -42,8 +44,7 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 def max_pixels() -> int:
-    value = os.environ.get("TACO_MAX_IMAGE_PIXELS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else MAX_PIXELS
+    return current().max_image_pixels
 
 
 def load_image(path: str | Path) -> Image.Image:

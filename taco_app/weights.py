@@ -1,7 +1,7 @@
 """Model weights for the tools: which model each tool uses, loading it once, and where it lives.
 
 - A :class:`ModelSlot` names a kind of model (detection, depth, CLIP), its default Hub id, and the
-  environment variable that overrides it (a Hub id or a local folder).
+  setting that overrides it (``TACO_DETECTION_MODEL`` …: a Hub id or a local folder).
 - Weights load from local files only — the Hugging Face cache or a folder — so a tool never hangs
   on a network call while a session waits. ``python app.py download`` fills the cache once;
   ``TACO_ALLOW_DOWNLOAD=1`` lets tools fetch missing weights on first use instead.
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -20,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from taco_app.settings import current, default_of
 
 
 class ModelUnavailable(RuntimeError):
@@ -30,18 +31,19 @@ class ModelUnavailable(RuntimeError):
 class ModelSlot:
     key: str  # "detection", "depth", "clip"
     title: str  # what people call it, e.g. "GroundingDINO"
-    default: str  # Hub id used when the environment says nothing
-    env: str  # environment variable overriding it, e.g. TACO_DETECTION_MODEL
+    default: str  # Hub id used when the setting says nothing
+    env: str  # the setting overriding it, by its environment variable, e.g. TACO_DETECTION_MODEL
 
     @property
     def model_id(self) -> str:
-        return os.environ.get(self.env) or self.default
+        return current().setting(self.env) or self.default
 
 
-DETECTION = ModelSlot("detection", "GroundingDINO", "IDEA-Research/grounding-dino-tiny", "TACO_DETECTION_MODEL")
-DEPTH = ModelSlot("depth", "Depth-Anything-V2-Small", "depth-anything/Depth-Anything-V2-Small-hf", "TACO_DEPTH_MODEL")
-CLIP = ModelSlot("clip", "CLIP ViT-B/32", "openai/clip-vit-base-patch32", "TACO_CLIP_MODEL")
+DETECTION = ModelSlot("detection", "GroundingDINO", default_of("TACO_DETECTION_MODEL"), "TACO_DETECTION_MODEL")
+DEPTH = ModelSlot("depth", "Depth-Anything-V2-Small", default_of("TACO_DEPTH_MODEL"), "TACO_DEPTH_MODEL")
+CLIP = ModelSlot("clip", "CLIP ViT-B/32", default_of("TACO_CLIP_MODEL"), "TACO_CLIP_MODEL")
 SLOTS: tuple[ModelSlot, ...] = (DETECTION, DEPTH, CLIP)
+SLOT_KEYS = tuple(slot.key for slot in SLOTS)  # what `download --only` may name
 
 
 TACO_CHECKPOINTS = (
@@ -64,7 +66,8 @@ def download(model_id: str) -> Path:
 
 
 def downloads_allowed() -> bool:
-    return os.environ.get("TACO_ALLOW_DOWNLOAD", "").lower() in ("1", "true", "yes")
+    """``TACO_ALLOW_DOWNLOAD``: fetch missing weights on first use instead of saying how to."""
+    return current().allow_download
 
 
 def local_path(model_id: str, revision: str | None = None) -> Path | None:

@@ -40,11 +40,11 @@ def test_download_without_network_fails_clearly_and_fast(hf_cache, capsys):
 
 
 def test_download_success_path(hf_cache, monkeypatch, capsys):
-    monkeypatch.setattr(models, "download", lambda model_id: fake_snapshot(hf_cache, model_id))
+    monkeypatch.setattr(weights, "download", lambda model_id: fake_snapshot(hf_cache, model_id))
     assert cli.main(["download"]) == 0
     out = capsys.readouterr().out
     assert "HF_HUB_OFFLINE=1 now works" in out
-    for slot in models.SLOTS:
+    for slot in weights.SLOTS:
         assert local_path(slot.model_id) is not None
 
 

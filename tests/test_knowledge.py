@@ -26,6 +26,7 @@ from taco_app.tools.knowledge import (
     QueryKnowledgeBase,
     look_up,
 )
+from taco_app.settings import SettingsError
 from tests.conftest import of_kind, run_session
 
 LEICA = "Leica Camera AG () is a German company that manufactures cameras, optical lenses, photographic lenses, binoculars, and rifle scopes."
@@ -218,10 +219,13 @@ def test_network_guard_oserror_is_converted(monkeypatch):
 
 
 def test_bad_base_url(monkeypatch):
+    """A URL that is not http(s) is a bad setting: refused before any request, naming the variable and value."""
     monkeypatch.setenv("TACO_WIKIPEDIA_URL", "en.wikipedia.org")
-    with pytest.raises(KnowledgeBaseUnreachable, match="TACO_WIKIPEDIA_URL='en.wikipedia.org' is not an http"):
+    refused = r"TACO_WIKIPEDIA_URL must be an http\(s\) URL like https://en.wikipedia.org, got 'en.wikipedia.org'"
+    with pytest.raises(SettingsError, match=refused):
         look_up("Paris")
-    assert QueryKnowledgeBase().status().ready is False
+    with pytest.raises(SettingsError, match=refused):
+        QueryKnowledgeBase().status()
 
 
 def test_unexpected_reply_shape(wikipedia):

@@ -30,10 +30,11 @@ def test_loads_once_and_keeps_warm():
 
 
 def test_env_override_loads_the_new_model(monkeypatch):
+    detection = ModelSlot("detection", "Model D", "org/d", "TACO_DETECTION_MODEL")  # a declared setting
     manager, loader = ModelManager(device="cpu"), Loader()
-    manager.get(A, loader, check_weights=False)
-    monkeypatch.setenv("TEST_MODEL_A", "/models/other")
-    assert manager.get(A, loader, check_weights=False) == "/models/other@cpu"
+    manager.get(detection, loader, check_weights=False)
+    monkeypatch.setenv("TACO_DETECTION_MODEL", "/models/other")
+    assert manager.get(detection, loader, check_weights=False) == "/models/other@cpu"
     assert len(manager.loaded()) == 2
 
 

@@ -23,6 +23,7 @@ from taco_app.cota.backend import BackendError
 from taco_app.backends.openai import CHAT_TEMPLATES, OpenAIBackend, encode_image
 from taco_app.cota import events as ev
 from taco_app.runner import run
+from taco_app.settings import SettingsError
 from taco_app.cota.prompt import IMAGE_TOKEN, LLAMA3_SYSTEM, Prompt, build_prompt, observation_turn, user_request
 from taco_app.store import queries
 from taco_app.store.db import Store
@@ -469,8 +470,8 @@ def test_from_options_and_environment(fake, photo, monkeypatch):
     with pytest.raises(BackendError, match="needs --base-url .*TACO_OPENAI_BASE_URL"):
         OpenAIBackend.from_options(Options)
     monkeypatch.setenv("TACO_OPENAI_BASE_URL", fake.url)
-    monkeypatch.setenv("TACO_OPENAI_EXTRA_BODY", "[1]")
-    with pytest.raises(BackendError, match="JSON object"):
+    monkeypatch.setenv("TACO_OPENAI_EXTRA_BODY", "[1]")  # a bad setting: named, with its value
+    with pytest.raises(SettingsError, match=r"TACO_OPENAI_EXTRA_BODY must be a JSON object.*got '\[1\]'"):
         OpenAIBackend.from_options(Options)
 
 

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from taco_app.cota.backend import Backend, BackendError
@@ -21,7 +20,7 @@ EXAMPLE_REPLAY = "replay:assets/examples/fuel_prices.replay.json"
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Command-line choices for the backends (None: the environment's or the default)."""
+    """Choices for one backend (None: the setting's value, from its flag, the environment or its default)."""
 
     family: str | None = None
     device: str | None = None
@@ -90,7 +89,9 @@ def doctor_rows() -> list[tuple[str, str, str, str, str]]:
     cuda = cuda_available()
     fix = weights_fix or ("" if cuda else "needs a CUDA GPU (or --device cpu, slow)")
     rows = [("transformers", options.model_id, weights, "yes" if cuda and weights == "yes" else "no", fix)]
-    base_url = os.environ.get("TACO_OPENAI_BASE_URL")
+    from taco_app.settings import current
+
+    base_url = current().openai_base_url
     rows.append(("openai", base_url or "(no server set)", "-", "yes" if base_url else "no",
                  "" if base_url else "--backend openai --base-url URL"))
     rows.append(("replay", EXAMPLE_REPLAY.split(":", 1)[1], "-", "yes", ""))

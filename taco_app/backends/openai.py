@@ -7,8 +7,8 @@ prompt has ``<image>``. Replies are streamed over server-sent events and read li
 text reaches the UI as it is generated and closing the stream closes the connection.
 
 Only the standard library speaks HTTP here (``http.client``): no new dependency for one endpoint.
-The API key comes from the argument, else ``TACO_OPENAI_API_KEY``, else ``OPENAI_API_KEY``, and is
-never written into an error message.
+The API key comes from the argument, else the setting ``TACO_OPENAI_API_KEY`` (else ``OPENAI_API_KEY``),
+and is never written into an error message.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import base64
 import http.client
 import io
 import json
-import os
 import weakref
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from PIL import Image
 from taco_app.cota.backend import BackendError, Chunk
 from taco_app.cota.events import Usage
 from taco_app.cota.prompt import FAMILIES, IMAGE_TOKEN, Prompt, chat_system
+from taco_app.settings import current
 
 # Above this a PNG is sent as a JPEG (quality 95): the API keeps no state, so every step re-sends
 # every image, and a 12-megapixel photo is ~20 MB of PNG per image per step; vision towers resize
@@ -59,7 +59,7 @@ CHAT_TEMPLATES = {
 
 
 def api_key_from_env() -> str | None:
-    return os.environ.get("TACO_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
+    return current().secret("openai_api_key")
 
 
 def encode_image(image: Image.Image) -> str:
@@ -106,25 +106,19 @@ class OpenAIBackend:
 
     @classmethod
     def from_options(cls, options: Any) -> "OpenAIBackend":
-        """From the command line's choices; a field left None falls back to the environment."""
-        base_url = getattr(options, "base_url", None) or os.environ.get("TACO_OPENAI_BASE_URL")
-        api_model = getattr(options, "api_model", None) or os.environ.get("TACO_OPENAI_MODEL")
+        """From the command line's choices; a field left None falls back to the settings."""
+        settings = current()
+        base_url = getattr(options, "base_url", None) or settings.openai_base_url
+        api_model = getattr(options, "api_model", None) or settings.openai_model
         if not base_url:
             raise BackendError("--backend openai needs --base-url (or TACO_OPENAI_BASE_URL), e.g."
                                f" http://127.0.0.1:8000/v1 for a local vLLM server. {SERVE_HINT}")
         if not api_model:
             raise BackendError("--backend openai needs --api-model (or TACO_OPENAI_MODEL): the model name the"
                                f" server serves, listed at {base_url.rstrip('/')}/models")
-        try:
-            timeout = float(os.environ.get("TACO_OPENAI_TIMEOUT") or 120)
-            extra = json.loads(os.environ.get("TACO_OPENAI_EXTRA_BODY") or "{}")
-        except ValueError as err:
-            raise BackendError("TACO_OPENAI_TIMEOUT must be a number of seconds and TACO_OPENAI_EXTRA_BODY"
-                               f" a JSON object: {err}") from None
-        if not isinstance(extra, dict):
-            raise BackendError("TACO_OPENAI_EXTRA_BODY must be a JSON object, e.g. '{\"stop_token_ids\": [128009]}'")
-        return cls(base_url, api_model, family=getattr(options, "family", None) or "mantis", timeout=timeout,
-                   max_tokens=getattr(options, "max_new_tokens", None) or 2000, extra_body=extra)
+        return cls(base_url, api_model, family=getattr(options, "family", None) or "mantis",
+                   timeout=settings.openai_timeout, extra_body=settings.openai_extra_body,
+                   max_tokens=getattr(options, "max_new_tokens", None) or settings.max_new_tokens)
 
     # --- the interface ------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ first, repeated labels numbered ``cat``, ``cat-2``, ``cat-3``. The model comes f
 from __future__ import annotations
 
 import inspect
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,12 +19,10 @@ from PIL import Image
 
 from taco_app import weights
 from taco_app.drawing import draw_regions
+from taco_app.settings import current
 from taco_app.tools.base import IMAGE, TEXTS, ProducedImage, Tool, ToolResult
 from taco_app.weights import DETECTION, MODELS
 
-BOX_THRESHOLD_ENV, TEXT_THRESHOLD_ENV = "TACO_BOX_THRESHOLD", "TACO_TEXT_THRESHOLD"
-DEFAULT_BOX_THRESHOLD = 0.35  # GroundingDINO's own demo defaults
-DEFAULT_TEXT_THRESHOLD = 0.25
 MAX_REGIONS = 50  # more boxes than this only drown the model's context
 DUPLICATE_IOU = 0.8  # two boxes of one label overlapping this much are one object found twice
 
@@ -40,25 +37,18 @@ def _load(model_id: str, device: str) -> Detector:
     # MODELS.get has already checked that the weights are here, before importing anything heavy.
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    processor = models.from_pretrained(DETECTION, AutoProcessor, model_id)
-    model = models.from_pretrained(DETECTION, AutoModelForZeroShotObjectDetection, model_id)
+    processor = weights.from_pretrained(DETECTION, AutoProcessor, model_id)
+    model = weights.from_pretrained(DETECTION, AutoModelForZeroShotObjectDetection, model_id)
     return Detector(processor, model.to(device).eval())
 
 
 # --- arguments -----------------------------------------------------------------------------
 
 
-def _threshold(name: str, value: float | None, env: str, default: float) -> float:
-    """The keyword value if given, else the environment's, else the default; always in 0..1."""
+def _threshold(name: str, value: float | None) -> float:
+    """The keyword value if given, else the setting's (``TACO_BOX_THRESHOLD``, ``TACO_TEXT_THRESHOLD``); in 0..1."""
     if value is None:
-        raw = os.environ.get(env, "").strip()
-        if not raw:
-            return default
-        name = env
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"{env} must be a number between 0 and 1, got {raw!r}") from None
+        return float(getattr(current(), name))
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
     return float(value)
@@ -169,12 +159,13 @@ def localize(image: Image.Image, objects: list[str], *, box_threshold: float | N
 
     ``box_threshold`` keeps a box when its best token score exceeds it; ``text_threshold`` keeps
     it only if the requested object's own words score above it (else the box is grounded on
-    nothing asked for). Both default to TACO_BOX_THRESHOLD / TACO_TEXT_THRESHOLD, then 0.35 / 0.25.
+    nothing asked for). Both default to the settings TACO_BOX_THRESHOLD / TACO_TEXT_THRESHOLD (0.35 / 0.25,
+GroundingDINO's own demo defaults).
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
-    box_t = _threshold("box_threshold", box_threshold, BOX_THRESHOLD_ENV, DEFAULT_BOX_THRESHOLD)
-    text_t = _threshold("text_threshold", text_threshold, TEXT_THRESHOLD_ENV, DEFAULT_TEXT_THRESHOLD)
+    box_t = _threshold("box_threshold", box_threshold)
+    text_t = _threshold("text_threshold", text_threshold)
     requested = _requested(objects)
     prompt, starts = "", []
     for _label, phrase in requested:

@@ -5,7 +5,7 @@ TACO answered this action with the ``wikipedia`` package; its observations read
 returns those three keys, in that order. It runs two calls to Wikipedia's public API: a search
 for the best-matching article, then that article's plain-text introduction.
 
-Everything is bounded: one total deadline (``TACO_KB_TIMEOUT`` seconds, default 5) covers DNS,
+Everything is bounded: one total deadline (``TACO_KB_TIMEOUT`` seconds, default 5, at most 60) covers DNS,
 connecting and reading both replies, so a dead network never hangs a session. Failures raise
 errors the loop shows the model as TACO's failed-execution turn:
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import platform
 import socket
 import threading
@@ -34,11 +33,9 @@ import urllib.request
 from typing import Any
 
 from taco_app import __version__
+from taco_app.settings import current
 from taco_app.tools.base import TEXT, Tool, ToolStatus
 
-DEFAULT_URL = "https://en.wikipedia.org"
-DEFAULT_TIMEOUT = 5.0
-MAX_TIMEOUT = 60.0
 MAX_CHARS = 1500  # the observation is fed back into the prompt: an introduction, not the article
 MAX_QUERY = 300  # Wikipedia's search refuses longer queries
 MAX_REPLY_BYTES = 2_000_000
@@ -62,23 +59,13 @@ class NoArticleFound(ValueError):
 
 
 def base_url() -> str:
-    """The wiki to ask; a value that is not an http(s) URL is refused before any request."""
-    url = (os.environ.get("TACO_WIKIPEDIA_URL") or DEFAULT_URL).strip().rstrip("/")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise KnowledgeBaseUnreachable(
-            f"knowledge base unreachable: TACO_WIKIPEDIA_URL={url!r} is not an http(s) URL like {DEFAULT_URL!r}"
-        )
-    return url
+    """The wiki to ask (``TACO_WIKIPEDIA_URL``): an http(s) URL, checked with the other settings."""
+    return current().wikipedia_url
 
 
 def timeout() -> float:
-    """Seconds allowed for a whole lookup; a bad TACO_KB_TIMEOUT falls back to the default."""
-    try:
-        value = float(os.environ.get("TACO_KB_TIMEOUT", DEFAULT_TIMEOUT))
-    except ValueError:
-        return DEFAULT_TIMEOUT
-    return min(value, MAX_TIMEOUT) if value > 0 else DEFAULT_TIMEOUT
+    """Seconds allowed for a whole lookup (``TACO_KB_TIMEOUT``)."""
+    return current().kb_timeout
 
 
 def _opener(host: str) -> urllib.request.OpenerDirector:
@@ -215,10 +202,7 @@ class QueryKnowledgeBase(Tool):
 
     def status(self) -> ToolStatus:
         # Reachability is only known by trying; `doctor` must not touch the network.
-        try:
-            return ToolStatus(f"Wikipedia API at {base_url()}", "-", True)
-        except KnowledgeBaseUnreachable as err:
-            return ToolStatus("Wikipedia API", "-", False, str(err).split(": ", 1)[1])
+        return ToolStatus(f"Wikipedia API at {base_url()}", "-", True)
 
     def forward(self, query: str) -> dict[str, str]:
         try:

@@ -17,26 +17,19 @@ what is likely in the picture, not where, nor how many.
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image
 
+from taco_app.settings import current
 from taco_app.tools.base import IMAGE, Tool, ToolResult
 from taco_app.weights import CLIP
 from taco_app.tools.similarity import embedder
 
 VOCABULARY_FILE = Path(__file__).resolve().parent / "data" / "tag_vocabulary.txt"
 PROMPT = "a photo of a {tag}."
-THRESHOLD_ENV = "TACO_TAG_THRESHOLD"
-DEFAULT_THRESHOLD = 0.05  # ~9x the uniform share (1/183): only tags the model clearly favours
 TOP_K = 20  # RAM++ observations in TACO's traces hold 1 to 24 tags, 11 typically
-
-log = logging.getLogger(__name__)
-_warned = threading.Event()
 
 
 @lru_cache(maxsize=4)
@@ -56,21 +49,12 @@ def load_vocabulary(path: Path = VOCABULARY_FILE) -> tuple[str, ...]:
 
 
 def threshold() -> float:
-    """The minimum probability a tag needs (``TACO_TAG_THRESHOLD``; a bad value falls back, with a warning)."""
-    raw = os.environ.get(THRESHOLD_ENV, "").strip()
-    if not raw:
-        return DEFAULT_THRESHOLD
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        # A config typo should not turn every GetObjects call into a failed step the model can't fix.
-        if not _warned.is_set():
-            _warned.set()
-            log.warning("%s=%r is not a probability between 0 and 1; using %s", THRESHOLD_ENV, raw, DEFAULT_THRESHOLD)
-        return DEFAULT_THRESHOLD
-    return value
+    """The minimum probability a tag needs: the setting ``TACO_TAG_THRESHOLD``.
+
+    Its default, 0.05, is ~9x the uniform share (1/183): only tags the model clearly favours. A bad
+    value stops the command when it starts, so it never becomes a failed step the model can't fix.
+    """
+    return current().tag_threshold
 
 
 def select(probabilities: list[float], tags: tuple[str, ...], minimum: float,

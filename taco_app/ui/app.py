@@ -10,10 +10,10 @@ at the instance's private folder: some of Gradio's modules read that variable on
 from __future__ import annotations
 
 import atexit
-import os
 from typing import TYPE_CHECKING, Any
 
-from taco_app import __version__
+from taco_app import __version__, doctor
+from taco_app.doctor import CHECK_HEADERS, SETTING_HEADERS
 from taco_app.ui.live import Registry, owner
 from taco_app.ui.scratch import Scratch
 from taco_app.ui.studio import Studio
@@ -29,16 +29,13 @@ CSS = """
 
 
 def doctor_table() -> list[list[str]]:
-    """The ``python app.py doctor`` tables, for the page: tools first, then backends."""
-    from taco_app.backends import doctor_rows
-    from taco_app.tools import default_tools
+    """The ``python app.py doctor`` checks, for the page: actions first, then backends."""
+    return [list(row) for row in doctor.checks()]
 
-    rows = []
-    for name, tool in default_tools().tools.items():
-        status = tool.status()
-        rows.append(["action", name, status.model, status.weights, "yes" if status.ready else "no", status.fix])
-    rows += [["backend", *row] for row in doctor_rows()]
-    return rows
+
+def doctor_settings() -> list[list[str]]:
+    """Every ``TACO_*`` setting the app runs with, its value (secrets masked) and where it came from."""
+    return [list(row) for row in doctor.settings()]
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -61,11 +58,15 @@ def build_app(studio: Studio) -> gr.Blocks:
                 review.build_export(studio)
             with gr.Tab("Doctor", id="doctor"):
                 gr.Markdown("What runs on this machine, live: each action and backend, its model, and the fix for what does not.")
-                table = gr.Dataframe(headers=["kind", "name", "model", "weights here", "runs now", "fix"],
-                                     interactive=False, wrap=True, elem_id="doctor-table")
+                table = gr.Dataframe(headers=list(CHECK_HEADERS), interactive=False, wrap=True, elem_id="doctor-table")
                 refresh = gr.Button("Check again")
                 refresh.click(doctor_table, None, table)
                 app.load(doctor_table, None, table)
+                gr.Markdown("Settings: each `TACO_*` variable, its value and where it came from"
+                            " (default, environment, flag).")
+                settings = gr.Dataframe(headers=list(SETTING_HEADERS), interactive=False, wrap=True,
+                                        elem_id="doctor-settings")
+                app.load(doctor_settings, None, settings)
 
         def forget(request: gr.Request) -> None:  # the tab closed: stop its run, drop its state
             registry.forget(owner(request))
@@ -76,14 +77,16 @@ def build_app(studio: Studio) -> gr.Blocks:
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:
-    """``user:password`` (from --auth or TACO_AUTH) as Gradio wants it; None when unset."""
-    value = value or os.environ.get("TACO_AUTH")
+    """``user:password`` (else the setting, from --auth or TACO_AUTH) as Gradio wants it; None when unset."""
+    from taco_app.settings import current, split_login
+
+    value = value or current().secret("auth")
     if not value:
         return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
+    login = split_login(value)
+    if login is None:
         raise ValueError("--auth (or TACO_AUTH) must be user:password")
-    return user, password
+    return login
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False,

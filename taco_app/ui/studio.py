@@ -7,7 +7,6 @@ plays from its start, a manual run has its own hand-off).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from taco_app.backends import BackendOptions, ReplayBackend, auto_choice
 from taco_app.cota.backend import Backend, BackendError
 from taco_app.examples import ASSETS, EXAMPLES
+from taco_app.settings import current
 
 LOCAL = "TACO model (local)"
 OPENAI = "OpenAI-compatible server"
@@ -53,7 +53,8 @@ class Studio:
 
     @property
     def openai_configured(self) -> bool:
-        return bool(os.environ.get("TACO_OPENAI_BASE_URL") and os.environ.get("TACO_OPENAI_MODEL"))
+        settings = current()
+        return bool(settings.openai_base_url and settings.openai_model)
 
     def choices(self) -> list[str]:
         labels = [LOCAL] if self.local is not None else []

@@ -15,17 +15,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from taco_app.cota.backend import BackendError
+from taco_app.settings import DEFAULT_MODEL, QUANTISATIONS, current
 from taco_app.weights import cuda_available, downloads_allowed, local_path
-
-DEFAULT_MODEL = "Salesforce/llama3-siglip-mantis-taco-8b"
-QUANTISATIONS = ("4bit", "8bit", "none")
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 # Kept in full precision under 4/8-bit: small, and sensitive to quantisation. transformers 5 matches
 # these against full module names, hence the ``model.`` prefix.
@@ -44,17 +41,16 @@ class LoadOptions:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "LoadOptions":
-        env = os.environ
+        """From the settings (``TACO_MODEL``, ``TACO_DEVICE`` …, or their flags); an override not None wins."""
+        settings = current()
         values: dict[str, Any] = {
-            "model_id": env.get("TACO_MODEL") or DEFAULT_MODEL,
-            "revision": env.get("TACO_MODEL_REVISION") or None,
-            "device": env.get("TACO_DEVICE") or None,
-            "quantisation": env.get("TACO_QUANTISATION") or None,
+            "model_id": settings.model,
+            "revision": settings.model_revision,
+            "device": settings.device,
+            "quantisation": settings.quantisation,
+            "max_new_tokens": settings.max_new_tokens,
+            "prefix_cache": settings.prefix_cache,
         }
-        if env.get("TACO_MAX_NEW_TOKENS"):
-            values["max_new_tokens"] = _positive_int("TACO_MAX_NEW_TOKENS", env["TACO_MAX_NEW_TOKENS"])
-        if env.get("TACO_PREFIX_CACHE", "").lower() in ("0", "false", "no", "off"):
-            values["prefix_cache"] = False
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values).checked()
 
@@ -66,13 +62,6 @@ class LoadOptions:
         if self.max_new_tokens < 1:
             raise BackendError("max new tokens must be at least 1")
         return self
-
-
-def _positive_int(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise BackendError(f"{name} must be a whole number, not {text!r}") from None
 
 
 @dataclass
