@@ -7,6 +7,7 @@ through the same code users hit. Their text is garbage; the loop must handle it 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 
 import pytest
@@ -211,11 +212,21 @@ def test_4bit_on_cpu_quantises_the_language_model_only(siglip_checkpoint):
     assert be.status.state == "ready" and be.status.quantisation == "4bit"
 
 
-def test_without_cuda_the_default_refuses_to_load_an_8b_model():
+def without_cuda(monkeypatch) -> None:
+    """This process as on a machine without CUDA: the app's CUDA check, wherever it was imported, and torch's."""
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+    from taco_app import weights
+
+    real = weights.cuda_available
+    for module in [m for name, m in sys.modules.items() if name.startswith("taco_app")]:
+        if getattr(module, "cuda_available", None) is real:
+            monkeypatch.setattr(module, "cuda_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_without_cuda_the_default_refuses_to_load_an_8b_model(monkeypatch):
+    without_cuda(monkeypatch)
     with pytest.raises(BackendError, match="no CUDA GPU here.*--device cpu"):
         TransformersBackend(LoadOptions())
     with pytest.raises(BackendError, match="no CUDA GPU"):
