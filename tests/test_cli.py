@@ -157,6 +157,34 @@ def test_doctor_lists_every_action():
     assert "easyocr" in out
 
 
+def test_doctor_says_where_each_setting_came_from(tmp_path):
+    """As a script calls it: a flag, an environment variable and a default, each named as such; no secret shown."""
+    import os
+
+    env = {**os.environ, "TACO_KB_TIMEOUT": "2.5", "TACO_AUTH": "ana:hidden-password"}
+    done = subprocess.run([sys.executable, "app.py", "--home", str(tmp_path / "flagged"), "doctor"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("TACO_")}
+    assert rows["TACO_HOME"].split()[1:] == [str(tmp_path / "flagged"), "flag", "(--home)"]
+    assert rows["TACO_KB_TIMEOUT"].split()[1:] == ["2.5", "environment", "(TACO_KB_TIMEOUT)"]
+    assert rows["TACO_TOOL_TIMEOUT"].split()[1:] == ["120", "default"]
+    assert "hidden-password" not in done.stdout and "(TACO_AUTH)" in rows["TACO_AUTH"]
+    assert not (tmp_path / "flagged").exists()  # doctor looks; it makes no data folder
+
+
+def test_a_bad_setting_stops_every_command_with_one_line(tmp_path):
+    import os
+
+    env = {**os.environ, "TACO_HOME": str(tmp_path / "home"), "TACO_PREFIX_CACHE": "sometimes"}
+    for args in (["prompt"], ["import", "nothing.json"], ["run", "--question", "q"]):
+        done = subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr == ("error: TACO_PREFIX_CACHE must be on or off (1, true, yes, on / 0, false, no, off),"
+                               " got 'sometimes': fix or unset it\n")
+    assert not (tmp_path / "home").exists()
+
+
 def test_importing_the_package_does_not_import_torch():
     code = "import sys, taco_app.cli, taco_app.runner, taco_app.tools; print('torch' in sys.modules, 'gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
