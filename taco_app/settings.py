@@ -138,9 +138,13 @@ class Settings(BaseSettings):
     @classmethod
     def _a_folder(cls, home: Path) -> Path:
         home = home.expanduser()
-        existing = next(p for p in (home, *home.parents) if p.exists() or p == p.parent)
-        if existing.exists() and not existing.is_dir():
-            raise ValueError("not a file")
+        try:  # the path itself, or the nearest part of it that exists, must be a folder
+            existing = next(p for p in (home, *home.parents) if p.exists() or p == p.parent)
+            usable = existing.is_dir() or not existing.exists()
+        except OSError:  # not even readable (no permission): no use as a data folder either
+            usable = False
+        if not usable:
+            raise ValueError("not a folder")
         return home
 
     @field_validator("wikipedia_url")
