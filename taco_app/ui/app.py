@@ -44,7 +44,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     global gr
     import gradio as gr
 
-    from taco_app.ui import ask, errors, review
+    from taco_app.ui import ask, errors, export_tab, review
 
     registry = Registry()
     with gr.Blocks(title="TACO Studio", delete_cache=(3600, 86400)) as app:
@@ -55,7 +55,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Review", id="review", elem_id="tab-review"):
                 review.build_review(studio)
             with gr.Tab("Export", id="export"):
-                review.build_export(studio)
+                export_tab.build(studio)
             with gr.Tab("Doctor", id="doctor"):
                 gr.Markdown("What runs on this machine, live: each action and backend, its model, and the fix for what does not.")
                 table = gr.Dataframe(headers=list(CHECK_HEADERS), interactive=False, wrap=True, elem_id="doctor-table")

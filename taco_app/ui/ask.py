@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import gradio as gr
@@ -22,17 +23,78 @@ from taco_app.runner import InputImage, run
 from taco_app.cota.prompt import check_question
 from taco_app.cota.registry import action_names
 from taco_app.media import ImageLoadError
+from taco_app.settings import current
 from taco_app.store.files import ImageFiles
+from taco_app.tools import default_tools
 from taco_app.ui import overlays, render
 from taco_app.ui.errors import inform, warn
-from taco_app.ui.live import Owner, Registry, owner
-from taco_app.ui.studio import MANUAL, Studio
+from taco_app.ui.live import LiveRun, Owner, Registry, owner
+from taco_app.ui.studio import Studio
 
 STREAM_INTERVAL_S = 0.05  # at most ~20 updates a second while text streams; every other event at once
 
 
+@dataclass
+class ReviewPanel:
+    """Shown while a paused run waits for a person to approve, edit or stop the next action."""
+
+    box: gr.Group
+    text: gr.Markdown
+    name: gr.Dropdown
+    arguments: gr.Code
+    approve: gr.Button
+    reject: gr.Button
+
+
+@dataclass
+class ManualPanel:
+    """Shown while a manual run waits for the person to write the next step."""
+
+    box: gr.Group
+    thought: gr.Textbox
+    name: gr.Dropdown
+    arguments: gr.Code
+    submit: gr.Button
+
+
+@dataclass
+class AskPage:
+    """The Ask tab's components, by name."""
+
+    status: gr.Markdown
+    files: gr.File
+    preview: gr.Gallery
+    question: gr.Textbox
+    choice: gr.Dropdown
+    pause: gr.Checkbox
+    run_button: gr.Button
+    stop_button: gr.Button
+    chat: gr.Chatbot
+    info: gr.Markdown
+    review: ReviewPanel
+    manual: ManualPanel
+    step: gr.Dropdown
+    picture: gr.Image
+    caption: gr.Markdown
+    seen: gr.Gallery
+
+    def run_inputs(self) -> list[Any]:
+        return [self.files, self.question, self.choice, self.pause]
+
+    def run_outputs(self) -> list[Any]:
+        """What the Run handler updates, in the order its API (``/ask``) returns them."""
+        return [self.chat, self.step, self.picture, self.caption, self.seen, self.info, self.review.box,
+                self.review.text, self.review.name, self.review.arguments, self.manual.box]
+
+
 def build(studio: Studio, registry: Registry) -> None:
     """The Ask tab's components and events (call inside a ``gr.Tab``)."""
+    page = _layout(studio)
+    _wire_run(studio, registry, page)
+    _wire_hand_offs(registry, page)
+
+
+def _layout(studio: Studio) -> AskPage:
     status = gr.Markdown(studio.status_line(), elem_id="model-status")
     gr.Markdown(studio.banner(), visible=bool(studio.banner()), elem_id="no-model-banner")
     with gr.Row():
@@ -53,19 +115,7 @@ def build(studio: Studio, registry: Registry) -> None:
                               group_consecutive_messages=False,
                               latex_delimiters=[])  # no LaTeX: "$$" in a tool's output is text (render.py)
             info = gr.Markdown(elem_id="ask-info")
-            with gr.Group(visible=False, elem_id="review-panel") as review_box:
-                review_text = gr.Markdown()
-                review_name = gr.Dropdown(action_names(), label="Action", allow_custom_value=True)
-                review_args = gr.Code(label="Arguments (JSON)", language="json")
-                with gr.Row():
-                    approve = gr.Button("Run this action", variant="primary", elem_id="review-approve")
-                    reject = gr.Button("Stop here", elem_id="review-stop")
-            with gr.Group(visible=False, elem_id="manual-panel") as manual_box:
-                gr.Markdown("**Your step.** Write what the model would: a thought and one action. The tool runs live.")
-                manual_thought = gr.Textbox(label="Thought", lines=2)
-                manual_name = gr.Dropdown(action_names(), label="Action", value="OCR")
-                manual_args = gr.Code(label="Arguments (JSON)", language="json", value='{"image": "image-0"}')
-                manual_submit = gr.Button("Submit step", variant="primary", elem_id="manual-submit")
+            review, manual = _review_panel(), _manual_panel()
         with gr.Column(scale=4):
             step = gr.Dropdown(label="Step to show", choices=[], interactive=True, elem_id="overlay-step")
             picture = gr.Image(label="What the tool saw", type="filepath", interactive=False, height=420,
@@ -77,25 +127,50 @@ def build(studio: Studio, registry: Registry) -> None:
         inputs=[files, question, choice], label="Examples (a recorded TACO reply per step; the tools run live)",
         example_labels=[e.label.removeprefix("Replay example: ").replace("_", " ") for e in studio.examples],
     )
+    return AskPage(status, files, preview, question, choice, pause, run_button, stop_button, chat, info, review,
+                   manual, step, picture, caption, seen)
 
-    files.change(show_inputs, files, preview)
-    outputs = [chat, step, picture, caption, seen, info, review_box, review_text, review_name, review_args, manual_box]
+
+def _review_panel() -> ReviewPanel:
+    with gr.Group(visible=False, elem_id="review-panel") as box:
+        text = gr.Markdown()
+        name = gr.Dropdown(action_names(), label="Action", allow_custom_value=True)
+        arguments = gr.Code(label="Arguments (JSON)", language="json")
+        with gr.Row():
+            approve = gr.Button("Run this action", variant="primary", elem_id="review-approve")
+            reject = gr.Button("Stop here", elem_id="review-stop")
+    return ReviewPanel(box, text, name, arguments, approve, reject)
+
+
+def _manual_panel() -> ManualPanel:
+    with gr.Group(visible=False, elem_id="manual-panel") as box:
+        gr.Markdown("**Your step.** Write what the model would: a thought and one action. The tool runs live.")
+        thought = gr.Textbox(label="Thought", lines=2)
+        name = gr.Dropdown(action_names(), label="Action", value="OCR")
+        arguments = gr.Code(label="Arguments (JSON)", language="json", value='{"image": "image-0"}')
+        submit = gr.Button("Submit step", variant="primary", elem_id="manual-submit")
+    return ManualPanel(box, thought, name, arguments, submit)
+
+
+def _wire_run(studio: Studio, registry: Registry, page: AskPage) -> None:
+    """Run (the streaming handler), Stop, and the step selector beside the chat."""
+    page.files.change(show_inputs, page.files, page.preview)
 
     def ask(paths, text, label, paused, request: gr.Request):
-        yield from run_session(studio, registry, owner(request), paths, text, label, paused)
+        yield from run_session(studio, registry, page, owner(request), paths, text, label, paused)
 
     # After a run, the status line again: a first run has loaded the model (device, memory).
-    run_button.click(ask, [files, question, choice, pause], outputs, api_name="ask", concurrency_limit=None
-                     ).then(studio.status_line, None, status, api_name=False)
-    question.submit(ask, [files, question, choice, pause], outputs, api_name=False, concurrency_limit=None
-                    ).then(studio.status_line, None, status, api_name=False)
+    page.run_button.click(ask, page.run_inputs(), page.run_outputs(), api_name="ask", concurrency_limit=None
+                          ).then(studio.status_line, None, page.status, api_name=False)
+    page.question.submit(ask, page.run_inputs(), page.run_outputs(), api_name=False, concurrency_limit=None
+                         ).then(studio.status_line, None, page.status, api_name=False)
 
     def stop(request: gr.Request):
         live = registry.get(owner(request))
         if live is not None:
             live.stop()
 
-    stop_button.click(stop, None, None, api_name="stop", concurrency_limit=None)
+    page.stop_button.click(stop, None, None, api_name="stop", concurrency_limit=None)
 
     def show_step(number, request: gr.Request):
         live = registry.get(owner(request))
@@ -104,7 +179,12 @@ def build(studio: Studio, registry: Registry) -> None:
         image, text = overlays.render_step(live.events, int(number))
         return studio.picture(image), render.escape_text(text)
 
-    step.change(show_step, step, [picture, caption], concurrency_limit=None)
+    page.step.change(show_step, page.step, [page.picture, page.caption], concurrency_limit=None)
+
+
+def _wire_hand_offs(registry: Registry, page: AskPage) -> None:
+    """The buttons a waiting run listens to: approve, edit or stop an action; submit a manual step."""
+    review, manual = page.review, page.manual
 
     def approve_action(name, arguments, request: gr.Request):
         live = registry.get(owner(request))
@@ -118,7 +198,7 @@ def build(studio: Studio, registry: Registry) -> None:
             gr.Warning("No action is waiting for review.")
         return gr.update(visible=False)
 
-    approve.click(approve_action, [review_name, review_args], review_box, concurrency_limit=None)
+    review.approve.click(approve_action, [review.name, review.arguments], review.box, concurrency_limit=None)
 
     def reject_action(request: gr.Request):
         live = registry.get(owner(request))
@@ -126,7 +206,7 @@ def build(studio: Studio, registry: Registry) -> None:
             live.decide(None)
         return gr.update(visible=False)
 
-    reject.click(reject_action, None, review_box, concurrency_limit=None)
+    review.reject.click(reject_action, None, review.box, concurrency_limit=None)
 
     def submit_step(thought, name, arguments, request: gr.Request):
         from taco_app.backends.manual import compose_step
@@ -140,7 +220,8 @@ def build(studio: Studio, registry: Registry) -> None:
             raise gr.Error(str(err))
         return gr.update(visible=False)
 
-    manual_submit.click(submit_step, [manual_thought, manual_name, manual_args], manual_box, concurrency_limit=None)
+    manual.submit.click(submit_step, [manual.thought, manual.name, manual.arguments], manual.box,
+                        concurrency_limit=None)
 
 
 def show_inputs(paths: list[str] | None) -> list[tuple[str, str]]:
@@ -177,8 +258,8 @@ def _inputs(paths: list[str] | None, question: str | None) -> list[InputImage]:
     return images
 
 
-def run_session(studio: Studio, registry: Registry, key: Owner, paths: list[str] | None, question: str | None,
-                label: str, paused: bool) -> Iterator[tuple[Any, ...]]:
+def run_session(studio: Studio, registry: Registry, page: AskPage, key: Owner, paths: list[str] | None,
+                question: str | None, label: str, paused: bool) -> Iterator[dict[Any, Any]]:
     """The Run handler: validate, then stream the session's events as component updates."""
     images = _inputs(paths, question)
     live = registry.start(key)
@@ -188,14 +269,15 @@ def run_session(studio: Studio, registry: Registry, key: Owner, paths: list[str]
         raise gr.Error(str(err))
     if backend.name == "manual":
         live.manual = backend
-    if getattr(backend, "loaded", True) is False:  # the local checkpoint's first use: load it, showing progress
-        yield from _load(backend)
+    if not backend.loaded:  # the local checkpoint's first use: load it, showing progress
+        yield from _load(backend, page)
     view = render.ChatView()
     started = time.perf_counter()
     first_update: float | None = None
     last_yield = 0.0
-    session = run(question.strip(), images, backend, cancel=live.cancel, review=live.review if paused else None,
-                  files=ImageFiles(studio.store.images_root))  # where the store (and the page) finds them
+    session = run(question.strip(), images, backend, tools=default_tools(), cancel=live.cancel,
+                  review=live.review if paused else None, tool_timeout_s=current().tool_timeout,
+                  sink=ImageFiles(studio.store.images_root))  # where the store (and the page) finds them
     for event in studio.store.record(session):
         live.events.append(event)
         view.add(event)
@@ -206,11 +288,11 @@ def run_session(studio: Studio, registry: Registry, key: Owner, paths: list[str]
         last_yield = now
         if first_update is None:
             first_update = now - started
-        yield _updates(studio, live, view, event, first_update)
-    yield _updates(studio, live, view, None, first_update)
+        yield _updates(page, studio, live, view, event, first_update)
+    yield _updates(page, studio, live, view, None, first_update)
 
 
-def _load(backend: Any) -> Iterator[tuple[Any, ...]]:
+def _load(backend: Any, page: AskPage) -> Iterator[dict[Any, Any]]:
     """Load the checkpoint in a thread, yielding its progress as the run's info line."""
     errors: list[BaseException] = []
 
@@ -222,59 +304,75 @@ def _load(backend: Any) -> Iterator[tuple[Any, ...]]:
 
     loader = threading.Thread(target=load, name="taco-model-load", daemon=True)
     loader.start()
-    skip = gr.skip()
     while loader.is_alive():
         status = backend.status
         bar = "█" * int(status.progress * 20) + "░" * (20 - int(status.progress * 20))
-        yield (skip,) * 5 + (f"Loading the model: `{bar}` {status.progress:.0%} · {render.escape_text(status.stage)}",) + (skip,) * 5
+        yield {page.info: f"Loading the model: `{bar}` {status.progress:.0%} · {render.escape_text(status.stage)}"}
         loader.join(timeout=0.25)
     if errors:
         raise gr.Error(f"The model could not be loaded: {errors[0]}")
 
 
-def _updates(studio: Studio, live: Any, view: render.ChatView, event: ev.Event | None, first_update: float | None) -> tuple[Any, ...]:
-    """One tuple for the Run handler's outputs. Components that did not change are skipped: a
-    component update (a dropdown's choices, a panel's visibility) costs the server a config rebuild."""
-    skip = gr.skip()
-    chat = view.messages()
-    step, picture, caption, seen = skip, skip, skip, skip
+def _updates(page: AskPage, studio: Studio, live: LiveRun, view: render.ChatView, event: ev.Event | None,
+             first_update: float | None) -> dict[Any, Any]:
+    """The Run handler's update after ``event`` (None: the run has ended), by component.
+
+    Components left out are not sent (Gradio skips them): a component update (a dropdown's choices,
+    a panel's visibility) costs the server a config rebuild, so only what changed is included.
+    """
+    updates: dict[Any, Any] = {page.chat: view.messages()}
     if event is None or isinstance(event, (ev.Observation, ev.ParseError, ev.SessionStarted, ev.Finished)):
-        choices = render.step_choices(live.events)
-        latest, picture, text = None, None, ""
-        for _label, number in reversed(choices):  # the latest step with something to draw (not Terminate)
-            image, words = overlays.render_step(live.events, number)
-            if latest is None or image is not None:
-                latest, picture, text = number, image, words
-            if image is not None:
-                break
-        if (choices, latest) != live.shown_steps:
-            step = gr.update(choices=choices, value=latest)
-            live.shown_steps = (choices, latest)
-        picture = studio.picture(picture)
-        caption = render.escape_text(text)
-        seen = render.images_seen(live.events)
-    review = (skip, skip, skip, skip)
+        updates.update(_overlay_updates(page, studio, live))
+    updates.update(_panel_updates(page, live, event))
+    finished = next((e for e in reversed(live.events) if isinstance(e, ev.Finished)), None)
+    if finished is not None and event is None:
+        updates[page.info] = (
+            f"Session `{finished.session_id}` · {finished.status} · {finished.steps} step(s) · {finished.total_s:.2f} s"
+            + (f" · first update after {first_update * 1000:.0f} ms" if first_update is not None else "")
+            + (" · saved; open it in the Review tab." if _stored(live.events)
+               else f" · **not saved:** {render.escape_text(finished.message)}"))
+    return updates
+
+
+def _overlay_updates(page: AskPage, studio: Studio, live: LiveRun) -> dict[Any, Any]:
+    """The step selector, the picture of the latest step that drew something, and the images seen."""
+    choices = render.step_choices(live.events)
+    latest, picture, text = None, None, ""
+    for _label, number in reversed(choices):  # the latest step with something to draw (not Terminate)
+        image, words = overlays.render_step(live.events, number)
+        if latest is None or image is not None:
+            latest, picture, text = number, image, words
+        if image is not None:
+            break
+    updates: dict[Any, Any] = {}
+    if (choices, latest) != live.shown_steps:
+        updates[page.step] = gr.update(choices=choices, value=latest)
+        live.shown_steps = (choices, latest)
+    updates[page.picture] = studio.picture(picture)
+    updates[page.caption] = render.escape_text(text)
+    updates[page.seen] = render.images_seen(live.events)
+    return updates
+
+
+def _panel_updates(page: AskPage, live: LiveRun, event: ev.Event | None) -> dict[Any, Any]:
+    """Open the review panel at an action to review, the manual panel when a manual step is due; close them after."""
+    updates: dict[Any, Any] = {}
+    review = page.review
     if isinstance(event, ev.ActionReview):
         action = event.action
-        review = (gr.update(visible=True), f"**Step {event.step}: the model proposes this action.** Edit it or run it as is.",
-                  gr.update(value=action.name), json.dumps(action.arguments, indent=1, ensure_ascii=False))
+        updates[review.box] = gr.update(visible=True)
+        updates[review.text] = f"**Step {event.step}: the model proposes this action.** Edit it or run it as is."
+        updates[review.name] = gr.update(value=action.name)
+        updates[review.arguments] = json.dumps(action.arguments, indent=1, ensure_ascii=False)
         live.panels["review"] = True
     elif live.panels.get("review"):
-        review = (gr.update(visible=False), skip, skip, skip)
+        updates[review.box] = gr.update(visible=False)
         live.panels["review"] = False
-    manual = skip
     wants_manual = isinstance(event, ev.StepStarted) and live.manual is not None
     if wants_manual != live.panels.get("manual", False):
-        manual = gr.update(visible=wants_manual)
+        updates[page.manual.box] = gr.update(visible=wants_manual)
         live.panels["manual"] = wants_manual
-    finished = next((e for e in reversed(live.events) if isinstance(e, ev.Finished)), None)
-    info = skip
-    if finished is not None and event is None:
-        info = (f"Session `{finished.session_id}` · {finished.status} · {finished.steps} step(s) · {finished.total_s:.2f} s"
-                + (f" · first update after {first_update * 1000:.0f} ms" if first_update is not None else "")
-                + (" · saved; open it in the Review tab." if _stored(live.events)
-                   else f" · **not saved:** {render.escape_text(finished.message)}"))
-    return (chat, step, picture, caption, seen, info, *review, manual)
+    return updates
 
 
 def _stored(events: list[ev.Event]) -> bool:

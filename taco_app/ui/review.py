@@ -1,26 +1,21 @@
-"""The Review and Export tabs: find a stored session, step through it, judge it, export the good ones.
+"""The Review tab: find a stored session, step through it, judge it, correct it.
 
 A stored session is turned back into events (:func:`taco_app.ui.render.trace_events`) and shown by
-the same functions as a live run. Every rating, correction and note is saved as it is given.
+the same functions as a live run. Every rating, correction and note is saved as it is given. The
+good sessions leave through the Export tab (:mod:`taco_app.ui.export_tab`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
-import tempfile
-import threading
-import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from taco_app.store import queries
-from taco_app.store.export import FORMATS, export
 from taco_app.ui import overlays, render
-from taco_app.ui.live import Owner, owner
 from taco_app.ui.studio import Studio
 
 COLUMNS = ["id", "when", "question", "answer", "status", "steps", "rating", "model"]
@@ -75,7 +70,54 @@ def _feedback_text(trace: queries.Trace) -> str:
     return "\n\n".join(lines)
 
 
+@dataclass
+class ReviewPage:
+    """The Review tab's components, by name."""
+
+    search: gr.Textbox
+    status: gr.Dropdown
+    rating: gr.Dropdown
+    tool: gr.Textbox
+    page: gr.Number
+    refresh: gr.Button
+    total: gr.Markdown
+    table: gr.Dataframe
+    session_id: gr.Textbox
+    slider: gr.Slider
+    previous: gr.Button
+    following: gr.Button
+    chat: gr.Chatbot
+    picture: gr.Image
+    caption: gr.Markdown
+    feedback: gr.Markdown
+    up: gr.Button
+    down: gr.Button
+    step_up: gr.Button
+    step_down: gr.Button
+    answer: gr.Textbox
+    save_answer: gr.Button
+    step_text: gr.Code
+    save_step: gr.Button
+    note: gr.Textbox
+    save_note: gr.Button
+
+    def filters(self) -> list[Any]:
+        return [self.search, self.status, self.rating, self.tool, self.page]
+
+    def shown(self) -> list[Any]:
+        """What showing a stored step updates, in the order its API (show_stored_step) returns them."""
+        return [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text]
+
+
 def build_review(studio: Studio) -> None:
+    """The Review tab's components and events (call inside a ``gr.Tab``)."""
+    page = _layout()
+    _wire_search(studio, page)
+    _wire_steps(studio, page)
+    _wire_feedback(studio, page)
+
+
+def _layout() -> ReviewPage:
     with gr.Row():
         search = gr.Textbox(label="Search question or answer", scale=3, elem_id="review-search")
         status = gr.Dropdown(STATUSES, value="any", label="Status", scale=1)
@@ -110,93 +152,121 @@ def build_review(studio: Studio) -> None:
             save_step = gr.Button("Save step")
             note = gr.Textbox(label="Note", lines=2)
             save_note = gr.Button("Save note")
+    return ReviewPage(search, status, rating, tool, page, refresh, total, table, session_id, slider, previous,
+                      following, chat, picture, caption, feedback, up, down, step_up, step_down, answer, save_answer,
+                      step_text, save_step, note, save_note)
 
-    filters = [search, status, rating, tool, page]
 
-    def search_sessions(*values):
-        return _table(studio, *values)
+def _wire_search(studio: Studio, page: ReviewPage) -> None:
+    def search_sessions(text, status, rating, tool, number):
+        return _table(studio, text, status, rating, tool, number)
 
-    refresh.click(search_sessions, filters, [table, total], api_name="search_sessions")
-    search.submit(search_sessions, filters, [table, total], api_name=False)
+    page.refresh.click(search_sessions, page.filters(), [page.table, page.total], api_name="search_sessions")
+    page.search.submit(search_sessions, page.filters(), [page.table, page.total], api_name=False)
+
+
+def _wire_steps(studio: Studio, page: ReviewPage) -> None:
+    """Opening a session from the table, and stepping through it with the slider and the buttons."""
 
     def open_session(event: gr.SelectData, rows):
         row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
         return rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
 
     def load(identifier, upto=None):
-        trace = queries.get_trace(studio.store, identifier) if identifier else None
-        if trace is None:
-            return [], gr.update(), None, "Pick a session in the table.", "", ""
-        events = render.trace_events(trace)
-        steps = [n for _label, n in render.step_choices(events)] or [1]
-        last = steps[-1]
-        upto = last if upto is None else max(1, min(int(upto), last))
-        shown = [e for e in events if e.step <= upto] if upto < last else events
-        image, text = overlays.render_step(events, upto)
-        for earlier in range(upto - 1, 0, -1):  # e.g. at Terminate: show the last step that drew something
-            if image is not None:
-                break
-            found, words = overlays.render_step(events, earlier)
-            if found is not None:
-                image, text = found, f"{text}\nShowing step {earlier}: {words}"
-        text = render.escape_text(text)
-        corrected = trace.corrected_steps.get(upto)
-        step_json = _step_json(trace, upto, corrected)
-        return (render.chat_messages(shown), gr.update(minimum=1, maximum=max(last, 1), value=upto),
-                studio.picture(image), text, _feedback_text(trace), step_json)
+        return _show_stored(studio, page, identifier, upto)
 
-    shown_outputs = [chat, slider, picture, caption, feedback, step_text]
-    table.select(open_session, table, session_id).then(load, session_id, shown_outputs)
-    slider.release(load, [session_id, slider], shown_outputs, api_name="show_stored_step")
-    previous.click(lambda s, k: load(s, (k or 1) - 1), [session_id, slider], shown_outputs)
-    following.click(lambda s, k: load(s, (k or 1) + 1), [session_id, slider], shown_outputs)
+    shown, at = page.shown(), [page.session_id, page.slider]
+    page.table.select(open_session, page.table, page.session_id).then(load, page.session_id, shown)
+    page.slider.release(load, at, shown, api_name="show_stored_step")
+    page.previous.click(lambda s, k: load(s, (k or 1) - 1), at, shown)
+    page.following.click(lambda s, k: load(s, (k or 1) + 1), at, shown)
 
-    def saved(identifier, message):
-        gr.Info(message)
-        trace = queries.get_trace(studio.store, identifier)
-        return _feedback_text(trace) if trace else ""
 
-    def need(identifier):
-        if not identifier:
-            raise gr.Error("Open a session first (click a row of the table).")
+def _show_stored(studio: Studio, page: ReviewPage, identifier: str | None, upto: Any) -> dict[Any, Any]:
+    """The page showing a stored session up to step ``upto`` (default: its last), by component."""
+    trace = queries.get_trace(studio.store, identifier) if identifier else None
+    if trace is None:
+        return {page.chat: [], page.slider: gr.update(), page.picture: None,
+                page.caption: "Pick a session in the table.", page.feedback: "", page.step_text: ""}
+    events = render.trace_events(trace)
+    steps = [n for _label, n in render.step_choices(events)] or [1]
+    last = steps[-1]
+    upto = last if upto is None else max(1, min(int(upto), last))
+    shown = [e for e in events if e.step <= upto] if upto < last else events
+    image, text = _step_picture(events, upto)
+    return {page.chat: render.chat_messages(shown),
+            page.slider: gr.update(minimum=1, maximum=max(last, 1), value=upto),
+            page.picture: studio.picture(image),
+            page.caption: render.escape_text(text),
+            page.feedback: _feedback_text(trace),
+            page.step_text: _step_json(trace, upto, trace.corrected_steps.get(upto))}
+
+
+def _step_picture(events: list[Any], upto: int) -> tuple[Any, str]:
+    """Step ``upto``'s picture and caption; at a step with none (e.g. Terminate), the last earlier one's."""
+    image, text = overlays.render_step(events, upto)
+    for earlier in range(upto - 1, 0, -1):
+        if image is not None:
+            break
+        found, words = overlays.render_step(events, earlier)
+        if found is not None:
+            image, text = found, f"{text}\nShowing step {earlier}: {words}"
+    return image, text
+
+
+def _wire_feedback(studio: Studio, page: ReviewPage) -> None:
+    """Ratings, corrections and notes: each saved at once, then the feedback summary shown again."""
+    at = [page.session_id, page.slider]
 
     def rate(identifier, upto, value, on_step):
-        need(identifier)
+        _need(identifier)
         queries.rate(studio.store, identifier, value, step=int(upto) if on_step else None)
-        return saved(identifier, f"Rated {'step ' + str(int(upto)) if on_step else 'the session'} {value}.")
+        return _saved(studio, identifier, f"Rated {'step ' + str(int(upto)) if on_step else 'the session'} {value}.")
 
-    up.click(lambda s, k: rate(s, k, "up", False), [session_id, slider], feedback, api_name="rate_up")
-    down.click(lambda s, k: rate(s, k, "down", False), [session_id, slider], feedback)
-    step_up.click(lambda s, k: rate(s, k, "up", True), [session_id, slider], feedback)
-    step_down.click(lambda s, k: rate(s, k, "down", True), [session_id, slider], feedback)
+    page.up.click(lambda s, k: rate(s, k, "up", False), at, page.feedback, api_name="rate_up")
+    page.down.click(lambda s, k: rate(s, k, "down", False), at, page.feedback)
+    page.step_up.click(lambda s, k: rate(s, k, "up", True), at, page.feedback)
+    page.step_down.click(lambda s, k: rate(s, k, "down", True), at, page.feedback)
 
     def fix_answer(identifier, upto, text):
-        need(identifier)
+        _need(identifier)
         if not (text or "").strip():
             raise gr.Error("Type the answer the session should have given.")
         queries.correct_answer(studio.store, identifier, text.strip())
-        return saved(identifier, "Corrected answer saved.")
+        return _saved(studio, identifier, "Corrected answer saved.")
 
-    save_answer.click(fix_answer, [session_id, slider, answer], feedback)
+    page.save_answer.click(fix_answer, [*at, page.answer], page.feedback)
 
     def fix_step(identifier, upto, text):
-        need(identifier)
+        _need(identifier)
         try:
             queries.correct_step(studio.store, identifier, int(upto), text or "")
         except ValueError as err:
             raise gr.Error(f"Step {int(upto)} was not saved: {err}")
-        return saved(identifier, f"Corrected step {int(upto)} saved.")
+        return _saved(studio, identifier, f"Corrected step {int(upto)} saved.")
 
-    save_step.click(fix_step, [session_id, slider, step_text], feedback)
+    page.save_step.click(fix_step, [*at, page.step_text], page.feedback)
 
     def keep_note(identifier, upto, text):
-        need(identifier)
+        _need(identifier)
         if not (text or "").strip():
             raise gr.Error("The note is empty.")
         queries.add_note(studio.store, identifier, text.strip())
-        return saved(identifier, "Note saved.")
+        return _saved(studio, identifier, "Note saved.")
 
-    save_note.click(keep_note, [session_id, slider, note], feedback)
+    page.save_note.click(keep_note, [*at, page.note], page.feedback)
+
+
+def _need(identifier: str | None) -> None:
+    if not identifier:
+        raise gr.Error("Open a session first (click a row of the table).")
+
+
+def _saved(studio: Studio, identifier: str, message: str) -> str:
+    """Say it was saved; the session's feedback summary, as it now stands."""
+    gr.Info(message)
+    trace = queries.get_trace(studio.store, identifier)
+    return _feedback_text(trace) if trace else ""
 
 
 def _step_json(trace: queries.Trace, upto: int, corrected: Any) -> str:
@@ -206,68 +276,6 @@ def _step_json(trace: queries.Trace, upto: int, corrected: Any) -> str:
     if row is None:
         return ""
     if row.get("action") is not None or row.get("thought"):
-        return json.dumps({"thought": row.get("thought") or "", "actions": [row["action"]] if row.get("action") else []},
-                          ensure_ascii=False, indent=1)
+        actions = [row["action"]] if row.get("action") else []
+        return json.dumps({"thought": row.get("thought") or "", "actions": actions}, ensure_ascii=False, indent=1)
     return row.get("raw") or ""
-
-
-def build_export(studio: Studio) -> None:
-    with gr.Row():
-        fmt = gr.Radio(list(FORMATS), value=list(FORMATS)[0], label="Format", elem_id="export-format")
-        rating = gr.Radio(["any", "up"], value="any", label="Rating")
-        corrected = gr.Checkbox(label="Only corrected sessions")
-        since = gr.Textbox(label="Since (YYYY-MM-DD)", placeholder="any date")
-    count = gr.Markdown(elem_id="export-count")
-    go = gr.Button("Export", variant="primary", elem_id="export-run")
-    download = gr.File(label="Download", interactive=False, elem_id="export-file")
-    inputs = [fmt, rating, corrected, since]
-
-    def options(fmt_, rating_, corrected_, since_):
-        return dict(fmt=fmt_, rating=None if rating_ == "any" else rating_, corrected_only=bool(corrected_),
-                    since=(since_ or "").strip() or None)
-
-    def counted(*values):
-        try:
-            result = export(studio.store, None, dry_run=True, **options(*values))
-        except ValueError as err:
-            return f"**Cannot count:** {render.escape_text(err)}"
-        skipped = f" ({len(result.skipped)} cannot be exported)" if result.skipped else ""
-        return f"**{result.count}** session(s) match{skipped}."
-
-    for component in inputs:
-        component.change(counted, inputs, count)
-
-    def zip_export(work: Path, *values):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = work / f"taco-{values[0]}-{stamp}"
-        try:
-            result = export(studio.store, folder, **options(*values))
-        except ValueError as err:
-            raise gr.Error(str(err))
-        if result.count == 0:
-            raise gr.Error("No session matches these filters: nothing to export.")
-        # Into Gradio's cache (the app's private temporary folder): served as it is, with no second copy.
-        Path(download.GRADIO_CACHE).mkdir(parents=True, exist_ok=True)
-        served = Path(tempfile.mkdtemp(prefix="export-", dir=download.GRADIO_CACHE))
-        archive = shutil.make_archive(str(served / folder.name), "zip", root_dir=folder)
-        gr.Info(f"Exported {result.count} session(s).")
-        return archive, counted(*values)
-
-    zips: dict[Owner, Path] = {}  # each browser tab's latest zip, removed when its next export replaces it
-    zips_lock = threading.Lock()
-
-    def run_export(fmt_, rating_, corrected_, since_, request: gr.Request):
-        work = Path(tempfile.mkdtemp(dir=studio.scratch.exports))  # the exported files, until they are zipped
-        try:
-            archive, count = zip_export(work, fmt_, rating_, corrected_, since_)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        previous, key = None, owner(request)  # not the session hash alone: another client could name it
-        if request.session_hash:
-            with zips_lock:
-                previous, zips[key] = zips.get(key), Path(archive).parent
-        if previous is not None:  # that download was replaced by this one
-            shutil.rmtree(previous, ignore_errors=True)
-        return archive, count
-
-    go.click(run_export, inputs, [download, count], api_name="export")
