@@ -173,17 +173,11 @@ def render_step(events: Iterable[ev.Event], step: int, *, root: Path | None = No
 
 def _render(events: list[ev.Event], step: int, root: Path | None, max_side: int) -> tuple[Image.Image | None, str]:
     facts = step_facts(events, step)
-    if not facts.seen:
-        return None, f"There is no step {step} in this session (yet)."
-    if facts.parse_error is not None:
-        return None, f"Step {step}: the model's reply could not be parsed, so no tool ran; nothing to draw."
-    action = facts.action
-    if action is None:
-        return None, f"Step {step}: the model chose no action; nothing to draw."
+    why_not = _nothing_to_draw(facts, step)
+    if why_not is not None:
+        return None, why_not
+    action, obs = facts.action, facts.observation
     name = str(action.name)
-    if name == "Terminate":
-        return None, f"Step {step} · Terminate: the final answer; nothing to draw."
-    obs = facts.observation
     overlays = obs.overlays if obs is not None and isinstance(obs.overlays, dict) else {}
     target = target_image(action, overlays)
     lines = [f"Step {step} · {name}" + (f" on {target}" if target else "")]
@@ -195,51 +189,13 @@ def _render(events: list[ev.Event], step: int, root: Path | None, max_side: int)
     if target is None:
         lines.append(f"{name} refers to no image; nothing to draw.")
         return None, "\n".join(lines)
-
-    info = session_images(events).get(target)
-    path = resolve_path(info.path, info.sha256, root) if info is not None else None
-    if info is None:
-        lines.append(f"{target} is not an image of this session; nothing to draw.")
+    base, legend_needed = _base_picture(events, target, overlays, root, lines)
+    if base is None:
         return None, "\n".join(lines)
-    if path is None:
-        lines.append(f"The file of {target} is missing ({info.path}); nothing to draw.")
-        return None, "\n".join(lines)
-    try:
-        base = load_image(path)
-    except ImageLoadError as err:
-        lines.append(f"{target} could not be opened: {err}")
-        return None, "\n".join(lines)
-
-    artifacts = overlays.get("artifacts") if isinstance(overlays.get("artifacts"), dict) else {}
-    depth_map = artifacts.get("depth_map") if isinstance(artifacts.get("depth_map"), dict) else None
-    legend_needed = False
-    if depth_map is not None:
-        map_path = resolve_path(depth_map.get("path"), depth_map.get("sha256"), root)
-        if map_path is not None:
-            base = load_image(map_path)  # the map has the image's size, so the regions line up
-            legend_needed = min(base.size) < LEGEND_MIN_SIDE  # the map has no scale bar of its own
-            lines.append(f"Depth map of {target}: bright = near, dark = far.")
-        else:
-            lines.append(f"The depth map file is missing; showing {target} itself.")
 
     picture = fit_within(base.convert("RGB"), max_side)  # an RGB copy: base itself is never drawn on
     shown = picture.size
-    regions = _regions(overlays)
-    if regions:
-        # The tools' own drawing helper: the same colours and labels as the annotated images they make.
-        picture = draw_regions(picture, [{k: v for k, v in r.items() if v is not None} for r in regions])
-        for region in regions:
-            score = f" {region['score']:.2f}" if region["score"] is not None else ""
-            lines.append(f"- {region['label'] or 'region'}{score} at {_box_text(region['bbox'])}")
-    elif "regions" in overlays:
-        lines.append("Nothing found.")
-    depth_range = overlays.get("depth_range")
-    numbers = isinstance(depth_range, (list, tuple)) and all(isinstance(v, (int, float)) for v in depth_range)
-    if numbers and len(depth_range) == 2:
-        low, high = depth_range
-        if legend_needed:
-            picture = depth_legend(picture, low, high)
-        lines.append(f"Depth from {low:g} (nearest) to {high:g} (farthest); TACO reports smaller = nearer.")
+    picture = _draw_overlay(picture, overlays, legend_needed, lines)
     if obs is not None and isinstance(obs.output, dict) and isinstance(obs.output.get("depth"), (int, float)):
         lines.append(f"Depth of the region: {obs.output['depth']:g}")
     if "zoom_factor_applied" in overlays:
@@ -251,3 +207,72 @@ def _render(events: list[ev.Event], step: int, root: Path | None, max_side: int)
     if shown != base.size:
         lines.append(f"Shown at {shown[0]}×{shown[1]} (the image is {base.width}×{base.height}).")
     return picture, "\n".join(lines)
+
+
+def _nothing_to_draw(facts: StepFacts, step: int) -> str | None:
+    """Why a step has no picture at all (not there, unparsed, no action, the final answer), or None."""
+    if not facts.seen:
+        return f"There is no step {step} in this session (yet)."
+    if facts.parse_error is not None:
+        return f"Step {step}: the model's reply could not be parsed, so no tool ran; nothing to draw."
+    if facts.action is None:
+        return f"Step {step}: the model chose no action; nothing to draw."
+    if str(facts.action.name) == "Terminate":
+        return f"Step {step} · Terminate: the final answer; nothing to draw."
+    return None
+
+
+def _base_picture(events: list[ev.Event], target: str, overlays: dict[str, Any], root: Path | None,
+                  caption: list[str]) -> tuple[Image.Image | None, bool]:
+    """What the overlay is drawn on: the target image, or its depth map when the step made one.
+
+    Returns (the picture or None, whether it needs a depth legend below it); adds to ``caption``
+    what it shows, or why there is nothing to show.
+    """
+    info = session_images(events).get(target)
+    path = resolve_path(info.path, info.sha256, root) if info is not None else None
+    if info is None:
+        caption.append(f"{target} is not an image of this session; nothing to draw.")
+        return None, False
+    if path is None:
+        caption.append(f"The file of {target} is missing ({info.path}); nothing to draw.")
+        return None, False
+    try:
+        base = load_image(path)
+    except ImageLoadError as err:
+        caption.append(f"{target} could not be opened: {err}")
+        return None, False
+
+    artifacts = overlays.get("artifacts") if isinstance(overlays.get("artifacts"), dict) else {}
+    depth_map = artifacts.get("depth_map") if isinstance(artifacts.get("depth_map"), dict) else None
+    if depth_map is None:
+        return base, False
+    map_path = resolve_path(depth_map.get("path"), depth_map.get("sha256"), root)
+    if map_path is None:
+        caption.append(f"The depth map file is missing; showing {target} itself.")
+        return base, False
+    depth_picture = load_image(map_path)  # the map has the image's size, so the regions line up
+    caption.append(f"Depth map of {target}: bright = near, dark = far.")
+    return depth_picture, min(depth_picture.size) < LEGEND_MIN_SIDE  # too small for a scale bar of its own
+
+
+def _draw_overlay(picture: Image.Image, overlays: dict[str, Any], legend_needed: bool,
+                  caption: list[str]) -> Image.Image:
+    """The picture with the step's regions (and a depth legend if needed); adds what it drew to ``caption``."""
+    regions = _regions(overlays)
+    if regions:
+        # The tools' own drawing: the same colours and labels as the annotated images they make.
+        picture = draw_regions(picture, [{k: v for k, v in r.items() if v is not None} for r in regions])
+        for region in regions:
+            score = f" {region['score']:.2f}" if region["score"] is not None else ""
+            caption.append(f"- {region['label'] or 'region'}{score} at {_box_text(region['bbox'])}")
+    elif "regions" in overlays:
+        caption.append("Nothing found.")
+    depth_range = overlays.get("depth_range")
+    numbers = isinstance(depth_range, (list, tuple)) and all(isinstance(v, (int, float)) for v in depth_range)
+    if numbers and len(depth_range) == 2:
+        low, high = depth_range
+        if legend_needed:
+            picture = depth_legend(picture, low, high)
+        caption.append(f"Depth from {low:g} (nearest) to {high:g} (farthest); TACO reports smaller = nearer.")
+    return picture
