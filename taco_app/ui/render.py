@@ -61,7 +61,8 @@ def _truncated(text: str, limit: int = OBSERVATION_LIMIT) -> tuple[str, str]:
     return text[:limit], f"*(the first {limit:,} of {len(text):,} characters)*"
 
 
-def _answer_text(answer: Any) -> str:
+def answer_text(answer: Any) -> str:
+    """A final answer as plain text: a string as it is, anything else as JSON."""
     return answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
 
 
@@ -278,7 +279,7 @@ class ChatView:
         if self._finished is not None and self._finished.total_s:
             total = f"\n\n*{self._finished.total_s:.2f} s in all.*"
         if self._answer is not None:
-            out.append(_message("assistant", f"**Answer:** {escape_text(_answer_text(self._answer[0]))}{total}"))
+            out.append(_message("assistant", f"**Answer:** {escape_text(answer_text(self._answer[0]))}{total}"))
         finished = self._finished
         if finished is not None and finished.status != "finished":
             headline = _HEADLINES.get(finished.status, f"**The session ended: {escape_text(finished.status)}.**")

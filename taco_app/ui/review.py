@@ -50,7 +50,7 @@ def _table(studio: Studio, text: str, status: str, rating: str, tool: str, page:
     except ValueError as err:  # a filter the store refuses (in words, e.g. an unknown rating)
         raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
     rows = [[s.id, dt.datetime.fromtimestamp(s.created_at).strftime("%Y-%m-%d %H:%M"), s.question[:120],
-             render._answer_text(s.answer)[:80] if s.answer is not None else "", s.status, s.steps, s.rating or "",
+             render.answer_text(s.answer)[:80] if s.answer is not None else "", s.status, s.steps, s.rating or "",
              s.model or ""] for s in result.items]
     return rows, f"{result.total} session(s) · page {result.page} of {result.pages}"
 
