@@ -20,6 +20,7 @@ from taco_app.cota import events as ev
 from taco_app.cota.actions import Action, step_text
 from taco_app.runner import run
 from taco_app.store.files import ImageFiles
+from taco_app.tools import default_tools
 
 
 def step(name=None, thought="Thinking about the next step to take.", **arguments):
@@ -46,7 +47,7 @@ def loop_overhead(sessions: int = 30) -> list[float]:
     for _ in range(sessions):
         backend = TimedReplay(script)
         t0 = time.perf_counter()
-        events = list(run("How much is it?", [photo], backend, files=files))
+        events = list(run("How much is it?", [photo], backend, tools=default_tools(), sink=files))
         wall = time.perf_counter() - t0
         tool_s = sum(e.tool_s for e in events if isinstance(e, ev.Observation))
         steps = events[-1].steps

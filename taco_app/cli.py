@@ -22,6 +22,7 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from taco_app.backends import backend_help
     from taco_app.cota.prompt import FAMILIES
     from taco_app.runner import MAX_REPLIES
     from taco_app.settings import QUANTISATIONS
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one session without the web app")
     run.add_argument("--image", action="append", default=[], metavar="PATH", help="an input image (repeatable)")
     run.add_argument("--question", required=True)
-    run.add_argument("--backend", default="auto", help="replay:FILE | transformers[:MODEL] | openai | auto")
+    run.add_argument("--backend", default="auto", help=f"where the model's replies come from (default auto). {backend_help()}")
     run.add_argument("--family", choices=FAMILIES, help="prompt format (default: the backend's)")
     model = run.add_argument_group("local checkpoint (--backend transformers[:MODEL])")
     model.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present; $TACO_DEVICE)")
@@ -118,6 +119,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from taco_app.backends import BackendError, BackendOptions, create_backend
     from taco_app.cota import events as ev
     from taco_app.runner import InputImage, run
+    from taco_app.settings import current
+    from taco_app.store.files import ImageFiles
+    from taco_app.tools import default_tools
     from taco_app.media import ImageLoadError
 
     from taco_app.cota.prompt import check_question
@@ -149,7 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # Ctrl-C stops the session cleanly
     saved = True
     try:
-        session = run(args.question, inputs, backend, max_replies=args.max_replies, cancel=cancel)
+        session = run(args.question, inputs, backend, tools=default_tools(), sink=ImageFiles(store.images_root),
+                      max_replies=args.max_replies, cancel=cancel, tool_timeout_s=current().tool_timeout)
         for event in store.record(session):
             saved = saved and not (isinstance(event, ev.Error) and event.code == "store")
             if args.json:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
 from taco_app.runner import run
+from taco_app.settings import Settings
 from taco_app.store.files import ImageFiles
+from taco_app.tools import default_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 # Property tests run examples(n) cases; a fuzz campaign multiplies them: TACO_FUZZ_SCALE=100 pytest -k …
@@ -75,10 +78,18 @@ def reference() -> Path:
     return REFERENCE
 
 
+def run_loop(question, images, backend, **kwargs) -> Iterator[ev.Event]:
+    """``runner.run`` with every tool and the data folder's images (this test's TACO_HOME), unless given."""
+    kwargs.setdefault("tools", default_tools())
+    if "sink" not in kwargs:  # a test that undid its monkeypatching has no TACO_HOME of its own any more
+        home = os.environ.get("TACO_HOME")
+        kwargs["sink"] = ImageFiles(Path(home) / "images" if home else Settings.load().images_dir)
+    return run(question, images, backend, **kwargs)
+
+
 def run_session(outputs, images=(), question="What is in the image?", **kwargs) -> list[ev.Event]:
     """Run a whole session on scripted model outputs and return its events."""
-    kwargs.setdefault("files", ImageFiles(Path(os.environ["TACO_HOME"]) / "images"))
-    return list(run(question, list(images), ReplayBackend(outputs), **kwargs))
+    return list(run_loop(question, list(images), ReplayBackend(outputs), **kwargs))
 
 
 def of_kind(events, cls):

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from taco_app.backends import ReplayBackend
-from taco_app.runner import MAX_REPLY_CHARS, run
+from taco_app.runner import MAX_REPLY_CHARS
 from taco_app.store.db import Store
 from taco_app.store.queries import get_trace
 
+from .conftest import run_loop
 from .test_agent import HOSTILE, step, terminate
 
 CASES = {
@@ -32,7 +33,7 @@ def store(taco_home):
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_session_is_logged_and_the_next_one_is_fine(store, name):
     photo = Image.new("RGB", (64, 48), "white")
-    events = list(store.record(run("q", [photo], ReplayBackend(CASES[name]))))
+    events = list(store.record(run_loop("q", [photo], ReplayBackend(CASES[name]))))
     trace = get_trace(store, events[0].session_id)
     finished = events[-1]
     assert trace.session["status"] == finished.status
@@ -44,5 +45,5 @@ def test_hostile_session_is_logged_and_the_next_one_is_fine(store, name):
         first = trace.steps[0]
         assert (first["observation"] or "").startswith(("Execution failed with", "OBSERVATION:\n"))
         assert len(first["raw"]) <= MAX_REPLY_CHARS
-    after = list(store.record(run("q", [photo], ReplayBackend([terminate("fine")]))))
+    after = list(store.record(run_loop("q", [photo], ReplayBackend([terminate("fine")]))))
     assert after[-1].status == "finished" and after[-1].answer == "fine"

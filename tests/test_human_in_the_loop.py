@@ -15,12 +15,11 @@ from taco_app.backends.manual import ManualBackend, compose_step
 from taco_app.backends.replay import ReplayBackend
 from taco_app.cota import events as ev
 from taco_app.cota.actions import Action, step_text
-from taco_app.runner import run
 from taco_app.store import queries
 from taco_app.store.db import Store
 from taco_app.store.export import export
 
-from .conftest import ROOT, of_kind, run_session
+from .conftest import ROOT, of_kind, run_loop, run_session
 
 CALC = '{"thought":"add them","actions":[{"name":"Calculate","arguments":{"expression":"2+3"}}]}'
 DONE = '{"thought":"done","actions":[{"name":"Terminate","arguments":{"answer":"5"}}]}'
@@ -70,8 +69,8 @@ def test_approving_unchanged_is_the_same_session(photo):
         return action
 
     plain, reviewed = Spy([CALC, DONE]), Spy([CALC, DONE])
-    without = list(run("q", [photo], plain))
-    with_review = list(run("q", [photo], reviewed, review=approve))
+    without = list(run_loop("q", [photo], plain))
+    with_review = list(run_loop("q", [photo], reviewed, review=approve))
     assert seen == [(1, Action("Calculate", {"expression": "2+3"})),
                     (2, Action("Terminate", {"answer": "5"}))]  # Terminate is reviewed too
     reviews = of_kind(with_review, ev.ActionReview)
@@ -89,7 +88,7 @@ def test_review_comes_after_the_parsed_action_and_before_the_tool(photo):
 
 def test_an_edited_action_is_what_runs_and_what_the_model_reads(photo):
     backend = Spy([CALC, DONE])
-    events = list(run("q", [photo], backend, review=edit_calc))
+    events = list(run_loop("q", [photo], backend, review=edit_calc))
     edited = of_kind(events, ev.ActionEdited)
     assert len(edited) == 1
     assert edited[0].step == 1 and edited[0].original == Action("Calculate", {"expression": "2+3"})
@@ -161,7 +160,7 @@ def test_a_wrong_edit_is_a_failed_execution_and_the_session_goes_on(photo, edite
     assert observation.output is None and observation.error
     assert events[-1].status == "finished" and events[-1].answer == "5"
     for event in events:  # whatever the person typed, the events stay serialisable
-        assert ev.from_json(ev.to_json(event)) == ev.from_dict(ev.to_dict(event))
+        assert ev.from_dict(json.loads(ev.to_json(event))) == ev.from_dict(ev.to_dict(event))
 
 
 def test_review_is_not_asked_without_an_action(photo):
@@ -181,7 +180,7 @@ def test_review_events_round_trip_json(photo):
     new = [e for e in events if isinstance(e, (ev.ActionReview, ev.ActionEdited))]
     assert [e.kind for e in new] == ["action_review", "action_edited", "action_review"]
     for event in new:
-        assert ev.from_json(ev.to_json(event)) == event
+        assert ev.from_dict(json.loads(ev.to_json(event))) == event
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -195,7 +194,7 @@ def store(taco_home):
 
 
 def edited_session(store, photo):
-    return list(store.record(run("q", [photo], ReplayBackend([CALC, DONE]), review=edit_calc)))
+    return list(store.record(run_loop("q", [photo], ReplayBackend([CALC, DONE]), review=edit_calc)))
 
 
 @pytest.mark.store
@@ -237,7 +236,7 @@ class Background:
 
     def _run(self, *args, **kwargs):
         try:
-            for event in run(*args, **kwargs):
+            for event in run_loop(*args, **kwargs):
                 self.events.put(event)
         except Exception as err:  # surfaced by next()
             self.events.put(err)
@@ -352,7 +351,7 @@ def test_manual_cancel_without_a_shared_event_fails_clearly(photo):
 
 
 def test_manual_wait_limit(photo):
-    events = list(run("q", [photo], ManualBackend(wait_s=0.05)))
+    events = list(run_loop("q", [photo], ManualBackend(wait_s=0.05)))
     assert events[-1].status == "failed" and "no step was submitted within 0.05 s" in events[-1].message
 
 

@@ -56,15 +56,15 @@ def test_replay_backend_gives_tacos_failed_turn():
 class TalkingReplay(ReplayBackend):
     """A replay backend whose checkpoint can also answer plain text (as transformers/openai do)."""
 
-    def generate_text(self, prompt: str) -> str:
-        return f"An answer to: {prompt}"
+    def language_model(self):
+        return lambda prompt: f"An answer to: {prompt}"
 
 
 def test_a_backend_with_a_language_model_answers(tmp_path):
     from taco_app.runner import run
     from taco_app.store.files import ImageFiles
 
-    events = list(run("Q?", [], TalkingReplay([ASK, TERMINATE]), files=ImageFiles(tmp_path),
+    events = list(run("Q?", [], TalkingReplay([ASK, TERMINATE]), sink=ImageFiles(tmp_path),
                       tools=default_tools().replace(QueryLanguageModel())))
     (observation,) = of_kind(events, ev.Observation)
     assert observation.output == {"result": "An answer to: How to cook sushi?"}

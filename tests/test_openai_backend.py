@@ -22,13 +22,12 @@ from PIL import Image
 from taco_app.cota.backend import BackendError
 from taco_app.backends.openai import CHAT_TEMPLATES, OpenAIBackend, encode_image
 from taco_app.cota import events as ev
-from taco_app.runner import run
 from taco_app.settings import SettingsError
 from taco_app.cota.prompt import IMAGE_TOKEN, LLAMA3_SYSTEM, Prompt, build_prompt, observation_turn, user_request
 from taco_app.store import queries
 from taco_app.store.db import Store
 
-from .conftest import of_kind
+from .conftest import of_kind, run_loop
 
 KEY = "sk-test-SECRET-0123456789"
 CALC = '{"thought": "I add the two numbers.", "actions": [{"name": "Calculate", "arguments": {"expression": "2+2"}}]}'
@@ -183,7 +182,7 @@ def one_image_prompt(question="What is in the image?") -> Prompt:
 
 
 def session(fake, photo, store=None, **kwargs):
-    events = run("What is 2+2?", [photo], backend(fake, **kwargs), files=None)
+    events = run_loop("What is 2+2?", [photo], backend(fake, **kwargs))
     return list(store.record(events) if store else events)
 
 

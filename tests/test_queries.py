@@ -9,10 +9,11 @@ from PIL import Image
 from sqlalchemy import update
 
 from taco_app.backends import ReplayBackend
-from taco_app.runner import run
 from taco_app.store import queries as q
 from taco_app.store.db import Store
 from taco_app.store.schema import SessionRow
+
+from .conftest import run_loop
 
 pytestmark = pytest.mark.store
 
@@ -32,10 +33,10 @@ def store(taco_home) -> Store:
 def make(store: Store, outputs, question="q", model="m1", created_at: float | None = None) -> str:
     """Record one session through the real step loop; returns its id."""
     photo = Image.new("RGB", (64, 48), "teal")
-    events = list(store.record(run(question, [photo], ReplayBackend(outputs, model_id=model), files=None)))
+    events = list(store.record(run_loop(question, [photo], ReplayBackend(outputs, model_id=model))))
     session_id = events[-1].session_id
     if created_at is not None:  # the step loop stamps "now"; date-range tests need other days
-        with store._sessions.begin() as db:
+        with store.writing() as db:
             db.execute(update(SessionRow).where(SessionRow.id == session_id).values(created_at=created_at))
     return session_id
 

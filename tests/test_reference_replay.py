@@ -14,8 +14,10 @@ import pytest
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.runner import InputImage, run
+from taco_app.runner import InputImage
 from taco_app.cota.traces import Conversation, load_trace
+
+from .conftest import run_loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.reference]
 
@@ -46,7 +48,7 @@ def replayed(reference, tmp_path_factory) -> list[Replayed]:
         family = "qwen2" if "Qwen2" in (conversation.model or "") else "mantis"
         inputs = [InputImage.open(conversation.image_paths[i]) for i in conversation.input_image_ids]
         backend = ReplayBackend(conversation.assistant_outputs(), family=family)
-        events = list(run(conversation.question, inputs, backend, files=files))
+        events = list(run_loop(conversation.question, inputs, backend, sink=files))
         results.append(Replayed(path.stem, conversation, events))
     return results
 

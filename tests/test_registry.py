@@ -1,4 +1,4 @@
-from taco_app.cota.registry import ATTRIBUTION, action_names, action_specs, get_spec
+from taco_app.cota.registry import ATTRIBUTION, action_names, action_specs
 
 TACO_ORDER = [
     "OCR", "LocalizeObjects", "GetObjects", "EstimateRegionDepth", "EstimateObjectDepth", "Crop", "ZoomIn",
@@ -23,6 +23,7 @@ def test_attribution_names_source_and_licence():
     assert "SalesforceAIResearch/TACO" in ATTRIBUTION and "CC-BY-NC-4.0" in ATTRIBUTION
 
 
-def test_get_spec():
-    assert get_spec("Calculate").returns == {"result": "the result of the math expression."}
-    assert get_spec("Nope") is None
+def test_specs_by_name():
+    specs = {spec.name: spec for spec in action_specs()}
+    assert specs["Calculate"].returns == {"result": "the result of the math expression."}
+    assert "Nope" not in specs

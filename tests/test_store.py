@@ -17,11 +17,10 @@ from sqlalchemy import select, text
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.runner import run
 from taco_app.store.db import Store
 from taco_app.store.schema import SCHEMA_VERSION, ImageRow, SessionRow
 
-from .conftest import ROOT, sqlite_only
+from .conftest import ROOT, run_loop, sqlite_only
 
 pytestmark = pytest.mark.store
 
@@ -39,7 +38,7 @@ def store(taco_home):
 
 def session(store: Store, outputs, question="q") -> list[ev.Event]:
     photo = Image.new("RGB", (120, 80), "teal")
-    return list(store.record(run(question, [photo], ReplayBackend(outputs), files=None)))
+    return list(store.record(run_loop(question, [photo], ReplayBackend(outputs))))
 
 
 def test_a_session_and_all_its_steps_are_stored(store):
@@ -106,12 +105,12 @@ def test_unchecked_paths_are_refused(store):
 
 
 def test_abandoned_session_keeps_its_steps(store):
-    stream = store.record(run("q", [Image.new("RGB", (8, 8))], ReplayBackend([CALC, CALC, CALC, DONE]), files=None))
+    stream = store.record(run_loop("q", [Image.new("RGB", (8, 8))], ReplayBackend([CALC, CALC, CALC, DONE])))
     for item in stream:
         if isinstance(item, ev.Observation) and item.step == 2:
             break
     stream.close()
-    with store._sessions() as db:
+    with store.reading() as db:
         row = db.scalars(select(SessionRow)).one()
     full = store.get_session(row.id)
     assert full.status == "interrupted" and len(full.steps) == 2
@@ -123,6 +122,7 @@ from PIL import Image
 from taco_app.backends import ReplayBackend
 from taco_app.runner import run
 from taco_app.store.db import Store
+from taco_app.tools import default_tools
 
 class Slow(ReplayBackend):
     def stream(self, prompt, images):
@@ -130,7 +130,9 @@ class Slow(ReplayBackend):
         return super().stream(prompt, images)
 
 calc = '{"thought":"add","actions":[{"name":"Calculate","arguments":{"expression":"2+2"}}]}'
-for event in Store.open().record(run("q", [Image.new("RGB", (8, 8))], Slow([calc] * 11), files=None)):
+store = Store.open()
+session = run("q", [Image.new("RGB", (8, 8))], Slow([calc] * 11), tools=default_tools(), sink=store.images)
+for event in store.record(session):
     if event.kind == "observation":
         print(event.step, flush=True)
 """
@@ -143,7 +145,7 @@ def test_sigkill_mid_session_then_restart(taco_home):
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     store = Store.open()  # the restart: recovery runs on open
-    with store._sessions() as db:
+    with store.reading() as db:
         row = db.scalars(select(SessionRow)).one()
     full = store.get_session(row.id)
     assert full.status == "interrupted"
@@ -154,7 +156,7 @@ def test_sigkill_mid_session_then_restart(taco_home):
 
 
 def test_running_session_of_a_live_process_is_left_alone(store):
-    stream = store.record(run("q", [Image.new("RGB", (8, 8))], ReplayBackend([CALC, DONE]), files=None))
+    stream = store.record(run_loop("q", [Image.new("RGB", (8, 8))], ReplayBackend([CALC, DONE])))
     first = next(stream)
     assert Store.open().get_session(first.session_id).status == "running"  # this process is alive
     list(stream)

@@ -23,14 +23,13 @@ from PIL import Image
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.runner import run
 from taco_app.store import StoreError
-from taco_app.store import queries
+from taco_app.store import codec, queries
 from taco_app.store.db import Store
 from taco_app.store.queries import get_trace
 from taco_app.ui import render
 
-from .conftest import ROOT
+from .conftest import ROOT, run_loop
 from .test_agent import step, terminate
 
 
@@ -64,7 +63,7 @@ def photo() -> Image.Image:
 @pytest.mark.parametrize("name", list(HOSTILE_TEXT))
 def test_hostile_text_is_stored_whole_and_shown_as_text(store, name):
     raw, thought = HOSTILE_TEXT[name]
-    events = list(store.record(run("q", [photo()], ReplayBackend([raw, terminate("still here")]))))
+    events = list(store.record(run_loop("q", [photo()], ReplayBackend([raw, terminate("still here")]))))
     assert events[-1].status == "finished", events[-1]
     trace = get_trace(store, events[0].session_id)
     assert trace.session["status"] == "finished" and trace.session["answer"] == "still here"
@@ -77,16 +76,16 @@ def test_hostile_text_is_stored_whole_and_shown_as_text(store, name):
         assert first["action"] == json.loads(raw.lstrip("\x00\ud800"))["actions"][0]
         assert first["action_name"] == first["action"]["name"][:64]
     # Shown as text: the page gets JSON-encodable UTF-8 with nothing of the reply as markup.
-    shown = render.chat_messages(render.trace_events(trace))
+    shown = render.chat_messages(codec.trace_events(trace))
     json.dumps(shown, ensure_ascii=False).encode("utf-8")
-    after = list(store.record(run("q", [photo()], ReplayBackend([terminate("fine")]))))
+    after = list(store.record(run_loop("q", [photo()], ReplayBackend([terminate("fine")]))))
     assert after[-1].status == "finished" and after[-1].answer == "fine"
 
 
 @pytest.mark.store
 def test_questions_notes_and_searches_with_unstorable_characters(store):
     question = "what is \ud800 and \x00 and \uffff?"
-    events = list(store.record(run(question, [photo()], ReplayBackend([terminate("\udfff")]))))
+    events = list(store.record(run_loop(question, [photo()], ReplayBackend([terminate("\udfff")]))))
     session_id = events[0].session_id
     assert events[-1].status == "finished"
     queries.add_note(store, session_id, "note \ud83d with \x00")
@@ -123,7 +122,7 @@ def test_run_json_writes_every_event_whatever_the_reply_holds(tmp_path):
 
 
 def _consume_until_the_first_observation(store: Store, backend) -> tuple[list[ev.Event], object]:
-    stream = store.record(run("q", [photo()], backend))
+    stream = store.record(run_loop("q", [photo()], backend))
     events = []
     for event in stream:
         events.append(event)
@@ -178,7 +177,7 @@ def test_a_step_that_cannot_be_stored_ends_the_session_failed_and_the_next_run_w
         for text in (error.message, finished.message):
             assert "locked" in text and "INSERT" not in text.upper() and "SELECT" not in text.upper()
     # The lock is gone: the next run writes the end of the earlier session, then runs as usual.
-    after = list(store.record(run("q", [photo()], ReplayBackend([terminate("fine")]))))
+    after = list(store.record(run_loop("q", [photo()], ReplayBackend([terminate("fine")]))))
     assert after[-1].status == "finished"
     trace = get_trace(store, session_id)
     assert trace.session["status"] == "failed" and "locked" in trace.session["message"]
@@ -187,11 +186,11 @@ def test_a_step_that_cannot_be_stored_ends_the_session_failed_and_the_next_run_w
 
 
 def test_a_deleted_database_file_is_detected_not_written_to(store):
-    first = list(store.record(run("q", [photo()], ReplayBackend([terminate("kept")]))))
+    first = list(store.record(run_loop("q", [photo()], ReplayBackend([terminate("kept")]))))
     assert first[-1].status == "finished"
     for path in store.file.parent.glob(store.file.name + "*"):
         path.unlink()
-    events = list(store.record(run("q", [photo()], ReplayBackend([terminate("lost")]))))
+    events = list(store.record(run_loop("q", [photo()], ReplayBackend([terminate("lost")]))))
     assert events[-1].status == "failed" and "deleted" in events[-1].message
     assert [e.kind for e in events] == ["error", "final"], "nothing is reported as saved"
     with pytest.raises(StoreError, match="deleted or replaced"):

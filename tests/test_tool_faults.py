@@ -11,14 +11,16 @@ from PIL import Image
 
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
-from taco_app.runner import run, tool_timeout
+from taco_app.runner import run
+from taco_app.settings import Settings
 from taco_app.store import queries
 from taco_app.store.db import Store
 from taco_app.store.files import ImageFiles
 from taco_app.tools import Tool, ToolResult, default_tools
 from taco_app.tools.base import IMAGE, ProducedImage
+from taco_app.tools.execution import time_limit
 
-from .conftest import of_kind
+from .conftest import of_kind, run_session
 from .test_agent import Boom, photo, step, terminate  # noqa: F401  (photo: a fixture)
 
 pytestmark = pytest.mark.store
@@ -43,7 +45,7 @@ def session(store, outputs, images, tool=None, **kwargs):
     """Run and record one session; its events and its stored trace."""
     tools = default_tools().replace(tool) if tool else default_tools()
     files = ImageFiles(Path(os.environ["TACO_HOME"]) / "images")
-    events = list(store.record(run("q", images, ReplayBackend(outputs), tools=tools, files=files, **kwargs)))
+    events = list(store.record(run("q", images, ReplayBackend(outputs), tools=tools, sink=files, **kwargs)))
     return events, queries.get_trace(store, events[-1].session_id)
 
 
@@ -133,18 +135,19 @@ def test_a_hanging_tool_times_out_and_the_next_session_works(store, photo, relea
 def test_the_default_time_limit_comes_from_the_environment(monkeypatch, release):
     calculate = default_tools().get("Calculate")
     monkeypatch.delenv("TACO_TOOL_TIMEOUT", raising=False)
-    assert tool_timeout(calculate) == 120
+    assert time_limit(calculate, Settings.read().tool_timeout) == 120
     monkeypatch.setenv("TACO_TOOL_TIMEOUT", "2.5")
-    assert tool_timeout(calculate) == 2.5
-    assert tool_timeout(Hang(release, timeout_s=0.5)) == 0.5  # a tool's own limit wins
+    assert time_limit(calculate, Settings.read().tool_timeout) == 2.5
+    assert time_limit(Hang(release, timeout_s=0.5), Settings.read().tool_timeout) == 0.5  # a tool's own limit wins
     monkeypatch.setenv("TACO_TOOL_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="TACO_TOOL_TIMEOUT must be a positive number"):
-        tool_timeout(calculate)
+        Settings.read()  # refused when the settings are read, before any session: the model never sees it
 
 
 def test_the_environment_limit_applies_to_a_tool_without_its_own(store, photo, release, monkeypatch):
     monkeypatch.setenv("TACO_TOOL_TIMEOUT", "0.3")
-    events, _ = session(store, [step("OCR", image="image-0"), terminate()], [photo], Hang(release, timeout_s=None))
+    events, _ = session(store, [step("OCR", image="image-0"), terminate()], [photo], Hang(release, timeout_s=None),
+                        tool_timeout_s=Settings.read().tool_timeout)
     assert "OCR did not finish within 0.3 s." in of_kind(events, ev.Observation)[0].observation
 
 
@@ -223,3 +226,13 @@ def test_out_of_gpu_memory_frees_the_tool_models_and_the_session_goes_on(store, 
     assert events[-1].status == "finished" and events[-1].answer == "2"
     assert trace.session["status"] == "finished" and len(trace.steps) == 3
     assert "ran out of GPU memory" in trace.steps[0]["error"]
+
+
+def test_the_loop_reads_no_setting(photo, monkeypatch):
+    """A bad TACO_TOOL_TIMEOUT is refused when the app starts (its settings are read then); a session
+    in progress never reads it, so the model is never told about it as a failed tool call."""
+    monkeypatch.setenv("TACO_TOOL_TIMEOUT", "soon")
+    events = run_session([step("Calculate", expression="2+3"), terminate("5")], [photo], tool_timeout_s=2.5)
+    observation = of_kind(events, ev.Observation)[0]
+    assert observation.error is None and observation.output == {"result": 5}
+    assert events[-1].status == "finished" and events[-1].answer == "5"

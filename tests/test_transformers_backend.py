@@ -17,13 +17,12 @@ from taco_app.backends import BackendError
 from taco_app.backends.transformers.loading import LoadOptions, load_processor, resolve
 from taco_app.backends.transformers.backend import Detokenizer, PrefixCache, TransformersBackend, common_prefix
 from taco_app.cota import events as ev
-from taco_app.runner import run
 from taco_app.cota.prompt import build_prompt, user_request
 from taco_app.cota.traces import load_trace
 from taco_app.store.db import Store
 from taco_app.store.queries import get_trace
 
-from .conftest import ROOT, of_kind
+from .conftest import ROOT, of_kind, run_loop
 from .tiny import mantis
 
 FUEL = ROOT / "assets" / "examples" / "fuel_prices.png"
@@ -46,7 +45,7 @@ def backend(path, **options) -> TransformersBackend:
 
 
 def session(be, images, max_replies=1, **kwargs) -> list[ev.Event]:
-    return list(run(QUESTION, images, be, max_replies=max_replies, files=None, **kwargs))
+    return list(run_loop(QUESTION, images, be, max_replies=max_replies, **kwargs))
 
 
 # --- the processor -------------------------------------------------------------------------------
@@ -121,7 +120,7 @@ def test_two_streamed_steps_on_real_images(siglip_checkpoint, clip_checkpoint, t
 def test_session_is_logged_with_tokens_and_quantisation(siglip_checkpoint):
     be = backend(siglip_checkpoint)
     store = Store.open()
-    events = list(store.record(run(QUESTION, [Image.open(FUEL)], be, max_replies=1)))
+    events = list(store.record(run_loop(QUESTION, [Image.open(FUEL)], be, max_replies=1)))
     trace = get_trace(store, events[0].session_id)
     assert trace.session["backend"] == "transformers" and trace.session["quantisation"] == "none"
     assert [s["prompt_tokens"] for s in trace.steps] == [u.usage["prompt_tokens"] for u in events if getattr(u, "usage", None)]
@@ -183,7 +182,7 @@ def test_stop_ends_generation_and_the_next_run_is_fine(siglip_checkpoint):
     be = backend(siglip_checkpoint, max_new_tokens=200)
     cancel = threading.Event()
     events = []
-    for event in run(QUESTION, [Image.open(FUEL)], be, files=None, cancel=cancel):
+    for event in run_loop(QUESTION, [Image.open(FUEL)], be, cancel=cancel):
         events.append(event)
         if isinstance(event, ev.ThoughtDelta):
             cancel.set()

@@ -20,21 +20,20 @@ import json
 import threading
 import time
 from collections import deque
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from PIL import Image
 
 from taco_app.cota.actions import Action, step_text
-from taco_app.cota.backend import BackendError
+from taco_app.cota.backend import Backend, BackendError, Stream
 from taco_app.cota.prompt import Prompt
 from taco_app.cota.registry import action_names
 
 POLL_S = 0.05  # how often a waiting stream looks at a cancel event set from outside
 
 
-class ManualBackend:
+class ManualBackend(Backend):
     name = "manual"
-    model_id: str | None = None
 
     def __init__(self, *, family: str = "mantis", wait_s: float | None = None, cancel: threading.Event | None = None):
         """``wait_s``: how long a step may take to arrive (None: forever) before the session fails.
@@ -71,7 +70,7 @@ class ManualBackend:
 
     close = cancel
 
-    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Iterator[str]:
+    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Stream:
         deadline = None if self.wait_s is None else time.monotonic() + self.wait_s
         with self._ready:
             self.prompt = prompt

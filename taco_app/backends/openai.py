@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from taco_app.cota.backend import BackendError, Chunk
+from taco_app.cota.backend import Backend, BackendError, Chunk, LanguageModel, Stream
 from taco_app.cota.events import Usage
 from taco_app.cota.prompt import FAMILIES, IMAGE_TOKEN, Prompt, chat_system
 from taco_app.settings import current
@@ -76,10 +76,8 @@ def encode_image(image: Image.Image) -> str:
     return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-class OpenAIBackend:
-    name = "openai"
-    revision = None  # the server knows its checkpoint; we only know the name it serves
-    quantisation = None
+class OpenAIBackend(Backend):
+    name = "openai"  # revision and quantisation stay unknown: the server knows its checkpoint, we only its name
 
     def __init__(self, base_url: str, api_model: str, *, api_key: str | None = None, family: str = "mantis",
                  timeout: float = 120.0, max_tokens: int = 2000, extra_body: dict[str, Any] | None = None):
@@ -122,7 +120,7 @@ class OpenAIBackend:
 
     # --- the interface ------------------------------------------------------------------------
 
-    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Iterator[Chunk]:
+    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Stream:
         texts = prompt.user.split(IMAGE_TOKEN)
         if len(texts) - 1 != len(images):
             raise BackendError(f"the prompt has {len(texts) - 1} {IMAGE_TOKEN} placeholders but {len(images)}"
@@ -135,6 +133,9 @@ class OpenAIBackend:
                 parts.append({"type": "text", "text": text})
         messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": parts}]
         return self._chat(messages)
+
+    def language_model(self) -> LanguageModel:
+        return self.generate_text
 
     def generate_text(self, prompt: str) -> str:
         """The served model answering a plain text question (for QueryLanguageModel)."""
@@ -158,7 +159,7 @@ class OpenAIBackend:
             message = message.replace(self.api_key, "***")
         return BackendError(message)
 
-    def _chat(self, messages: list[dict[str, Any]]) -> Iterator[Chunk]:
+    def _chat(self, messages: list[dict[str, Any]]) -> Stream:
         body = json.dumps({
             **self.extra_body, "model": self.model_id, "messages": messages, "temperature": 0,
             "max_tokens": self.max_tokens, "stream": True, "stream_options": {"include_usage": True},

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 from PIL import Image
 
-from taco_app.cota.backend import BackendError
+from taco_app.cota.backend import Backend, BackendError, Stream
 from taco_app.cota.prompt import Prompt
 
 _CHUNK = re.compile(r"\s*\S{1,12}|\s+")  # a word (at most 12 characters) with its leading space
@@ -26,7 +26,7 @@ def chunks(text: str) -> Iterator[str]:
         yield match.group(0)
 
 
-class ReplayBackend:
+class ReplayBackend(Backend):
     name = "replay"
 
     def __init__(self, outputs: Sequence[str], *, family: str = "mantis", model_id: str | None = None):
@@ -49,7 +49,7 @@ class ReplayBackend:
             raise BackendError(f"replay script {path} must be a JSON list of strings (raw model outputs)")
         return cls(data, model_id=f"replay:{path.name}", **kwargs)
 
-    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Iterator[str]:
+    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Stream:
         with self._lock:
             index = self._next
             self._next += 1

@@ -8,7 +8,7 @@ loop keeps the session's images (the store's image files implement it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol, Sequence, Union
 
 from taco_app.cota.events import Usage
 from taco_app.cota.prompt import Prompt
@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # PIL is only a type here: the protocol imports no imaging li
     from PIL import Image
 
 Chunk = Union[str, Usage]
+Stream = Generator[Chunk, None, None]  # a reply as it is generated; closing it stops the generation
 LanguageModel = Callable[[str], str]  # text in, text out: a backend's own model answering a plain question
 
 
@@ -34,12 +35,12 @@ class Backend:
     quantisation: str | None = None  # "4bit", "8bit", "none"; None where it does not apply
     loaded: bool = True  # False while a local checkpoint is still to be loaded (see :meth:`load`)
 
-    def stream(self, prompt: Prompt, images: Sequence["Image.Image"]) -> Iterator[Chunk]:
-        """Yield the model's reply to ``prompt`` in text chunks as it is generated.
+    def stream(self, prompt: Prompt, images: Sequence["Image.Image"]) -> Stream:
+        """The model's reply to ``prompt``, as a generator of text chunks yielded as they are made.
 
         ``images`` has one entry per ``<image>`` in the prompt, in order. A backend that counts
-        tokens yields one :class:`Usage` after the text. Closing the iterator early (the person
-        pressed Stop) must stop generation promptly.
+        tokens yields one :class:`Usage` after the text. The loop closes the generator when it stops
+        reading (the person pressed Stop, the reply is too long): closing must stop generation promptly.
         """
         raise NotImplementedError
 
@@ -47,8 +48,11 @@ class Backend:
         """The backend's own model answering a plain text question (``QueryLanguageModel``), or None."""
         return None
 
-    def load(self, progress: Callable[[str], None] | None = None) -> None:
-        """Load what :meth:`stream` needs now (a large checkpoint), reporting progress; nothing by default."""
+    def load(self) -> Any:
+        """Load what :meth:`stream` needs now (a large checkpoint), so the first step does not wait.
+
+        Nothing by default. A backend that loads for long says how far it is on its own status.
+        """
 
 
 class ImageSink(Protocol):

@@ -224,7 +224,3 @@ def to_json(event: Event) -> str:
     """
     text = json.dumps(to_dict(event), ensure_ascii=False, allow_nan=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def from_json(line: str) -> Event:
-    return from_dict(json.loads(line))

@@ -54,11 +54,4 @@ def action_names() -> list[str]:
     return [spec.name for spec in action_specs()]
 
 
-def get_spec(name: str) -> ActionSpec | None:
-    for spec in action_specs():
-        if spec.name == name:
-            return spec
-    return None
-
-
 ATTRIBUTION: str = actions_data()["attribution"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from taco_app.cota.registry import action_specs
-from taco_app.tools.base import ImageLookup, ProducedImage, Tool, ToolResult, UnavailableTool
+from taco_app.tools.base import ImageLookup, ProducedImage, Tool, ToolResult
 from taco_app.tools.calculator import Calculate, SolveMathEquation
 from taco_app.tools.control import Terminate
 from taco_app.tools.depth import EstimateObjectDepth, EstimateRegionDepth
@@ -50,7 +50,7 @@ class Toolbox:
         return tool
 
     def replace(self, *tools: Tool) -> "Toolbox":
-        """A toolbox with some tools swapped (tests use it to inject fakes)."""
+        """A toolbox with some tools swapped for others of the same names (a fake, a differently set up one)."""
         return Toolbox([*self.tools.values(), *tools])
 
 
@@ -62,8 +62,5 @@ def default_tools() -> Toolbox:
     global _shared
     if _shared is None:
         by_name = {cls.name: cls for cls in IMPLEMENTED}
-        _shared = Toolbox(
-            by_name[spec.name]() if spec.name in by_name else UnavailableTool(spec.name, spec.arguments)
-            for spec in action_specs()
-        )
+        _shared = Toolbox(by_name[spec.name]() for spec in action_specs())
     return _shared

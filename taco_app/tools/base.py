@@ -18,6 +18,8 @@ from typing import Any, Callable, ClassVar
 
 from PIL import Image
 
+from taco_app.cota.backend import LanguageModel  # text in, text out: the active backend's own model
+
 # Argument kinds a tool can declare.
 IMAGE, IMAGES, BBOX, TEXT, TEXTS, NUMBER = "image", "images", "bbox", "text", "texts", "number"
 
@@ -40,7 +42,6 @@ class ToolResult:
     artifacts: dict[str, Image.Image] = field(default_factory=dict)  # pictures for the UI only (e.g. a depth map)
 
 
-LanguageModel = Callable[[str], str]  # text in, text out: the active backend's own model
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Tool:
     optional: ClassVar[dict[str, str]] = {}  # argument -> kind, may be omitted
     model_id: ClassVar[str | None] = None  # the model it runs, for `doctor`
     uses_language_model: ClassVar[bool] = False  # forward() gets `language_model=` (None if there is none)
-    timeout_s: ClassVar[float | None] = None  # the most one call may take; None: TACO_TOOL_TIMEOUT (120 s)
+    timeout_s: ClassVar[float | None] = None  # the most one call may take; None: the session's (TACO_TOOL_TIMEOUT, 120 s)
 
     def __init__(self) -> None:
         self._ready = False
@@ -121,21 +122,6 @@ class Tool:
     def _signature(self) -> str:
         names = list(self.inputs) + [f"{n} (optional)" for n in self.optional]
         return ", ".join(names) if names else "no arguments"
-
-
-class UnavailableTool(Tool):
-    """A TACO action registered but not implemented in this build."""
-
-    def __init__(self, name: str, arguments: dict[str, str]):
-        super().__init__()
-        self.name = name  # type: ignore[misc]
-        self.optional = {arg: "any" for arg in arguments}  # type: ignore[misc]
-
-    def status(self) -> ToolStatus:
-        return ToolStatus("-", "-", False, "not part of this build yet")
-
-    def forward(self, **kwargs: Any) -> dict[str, Any]:
-        raise NotImplementedError(f"{self.name} is not available yet in TACO Studio. Use another action, or answer with what you already know")
 
 
 def content_key(image: Image.Image) -> str:

@@ -2,8 +2,8 @@
 
 TACO's harness sent this action to a separate language model and fed back ``{'result': ...}``
 (see trace TACO-Llama3-SigLIP-157 and the action spec). TACO Studio has no second model: the
-backend that is running the session answers it with its own ``generate_text``, which the step loop
-passes in as ``language_model``. The replay backend only plays recorded outputs and has none, so
+backend that is running the session answers it with its own model (``Backend.language_model()``), which
+the step loop passes in as ``language_model``. The replay backend only plays recorded outputs and has none, so
 there the action fails with an error that says so, and the model sees TACO's failed-execution turn.
 """
 

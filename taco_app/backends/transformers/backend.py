@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image
 
-from taco_app.cota.backend import BackendError, Chunk
+from taco_app.cota.backend import Backend, BackendError, Chunk, LanguageModel, Stream
 from taco_app.backends.transformers.loading import (LoadedCheckpoint, LoadOptions, ModelStatus, family_of, hub_kwargs, plan,
                                                     resolve, timed_load)
 from taco_app.cota.events import Usage
@@ -115,7 +115,7 @@ class Detokenizer:
         return text[len(before):]
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, options: LoadOptions | None = None):
@@ -195,10 +195,13 @@ class TransformersBackend:
 
     # --- generation ---------------------------------------------------------------------------------
 
-    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Iterator[Chunk]:
+    def stream(self, prompt: Prompt, images: Sequence[Image.Image]) -> Stream:
         ids, tensors = self.encode(prompt, images)
         head = prompt.text[: prompt.text.find("###Human: ")] if "###Human: " in prompt.text else ""
         yield from self._generate(ids, tensors, shared_head=head)
+
+    def language_model(self) -> LanguageModel:
+        return self.generate_text
 
     def generate_text(self, question: str) -> str:
         """The checkpoint's own language model answering a plain text question (no tools, no cache)."""
