@@ -377,15 +377,6 @@ def db_timeout() -> float:
     return current().db_timeout
 
 
-DEFAULT_DB_TIMEOUT = default_of("TACO_DB_TIMEOUT")
-
-
-def seconds(name: str, default: float) -> float:
-    """A declared duration setting by its variable name (``TACO_TOOL_TIMEOUT``); ``default`` if none is declared."""
-    value = current().setting(name)
-    return default if value is None else float(value)
-
-
 # --- the README's table -------------------------------------------------------------------------------
 
 

@@ -19,11 +19,13 @@ from typing import Any, Callable
 from PIL import Image
 
 from taco_app.cota.actions import Action
+from taco_app.settings import default_of
 from taco_app.tools import Toolbox
 from taco_app.tools.base import ImageLookup, LanguageModel, Tool, ToolResult
 from taco_app.weights import MODELS
 
-DEFAULT_TOOL_TIMEOUT = 120.0  # seconds a tool call may take, unless the tool or the settings say otherwise
+# Seconds a tool call may take, unless the tool or the settings say otherwise: the setting's own default.
+DEFAULT_TOOL_TIMEOUT = default_of("TACO_TOOL_TIMEOUT")
 STOP_POLL_S = 0.05  # while a tool runs, how often the loop looks at ``cancel``
 
 
