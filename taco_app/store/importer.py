@@ -2,7 +2,10 @@
 
 Every conversation becomes one finished session: its images stored in the content-addressed files,
 one step per assistant turn (parsed as the agent would), each step's observation the user turn
-that follows it. Imported files come from anywhere, so the rules are:
+that follows it. The conversation is turned into the events a live session would have yielded and
+(:func:`taco_app.store.codec.conversation_events`) recorded by the same recorder
+(:mod:`taco_app.store.recorder`), so it is stored as a live one is.
+Imported files come from anywhere, so the rules are:
 
 - **Only regular files of bounded size are read** (``reading``): a FIFO, a device or a folder named
   as a trace, a row's image or a trace's image is refused without being read; a trace is read up to
@@ -34,14 +37,14 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from taco_app.cota.actions import Action, json_safe
-from taco_app.cota.parser import ParsedStep, parse
+from taco_app.cota import events as ev
 from taco_app.cota.prompt import IMAGE_TOKEN, ImagePart, Part, Turn
 from taco_app.cota.traces import Conversation, TraceFormatError, parse_trace
 from taco_app.media import ImageLoadError, identify_image
-from taco_app.store.files import ImageFiles
+from taco_app.store.codec import conversation_events
 from taco_app.store.reading import Unreadable, kind, lines, open_regular, read_regular
-from taco_app.store.schema import ImageRow, SessionRow, StepRow
+from taco_app.store.recorder import Provenance
+from taco_app.store.schema import SessionRow
 
 MAX_TRACE_BYTES = 16 * 1024 * 1024  # a trace of 11 replies capped at 32,000 characters is well under 1 MB
 MAX_ROW_BYTES = 16 * 1024 * 1024  # the same for one row of an export
@@ -305,7 +308,7 @@ def _ordinal(image_id: str) -> int:
 
 
 def _exists(store: Any, session_id: str) -> bool:
-    with store._sessions() as db:
+    with store.reading() as db:
         return db.get(SessionRow, session_id) is not None
 
 
@@ -320,27 +323,14 @@ def _store_source(store: Any, source: _Source) -> tuple[str, bool]:
     session_id = _session_id(source, images)
     if _exists(store, session_id):
         return session_id, False
-    files = ImageFiles(store.images_root)
-    stored = {image_id: files.save_bytes(image.data, image.ext)[1] for image_id, image in images.items()}
-    steps, produced_at, answer = _steps(session_id, conversation.turns)
-    finished = bool(steps and steps[-1].action and Action.from_dict(steps[-1].action).is_final)
-    inputs = set(conversation.input_image_ids)
-    rows = [ImageRow(session_id=session_id, ordinal=_ordinal(image_id), image_id=image_id, sha256=image.sha256,
-                     path=store._relative(str(stored[image_id])), width=image.width, height=image.height,
-                     role="input" if image_id in inputs else "tool",
-                     step=None if image_id in inputs else produced_at.get(image_id))
-            for image_id, image in images.items()]
+    kept = {image_id: ev.ImageInfo(image_id=image_id, sha256=image.sha256, width=image.width, height=image.height,
+                                   path=str(store.images.save_bytes(image.data, image.ext)[1]))
+            for image_id, image in images.items()}
     now = time.time()
+    events = list(conversation_events(session_id, conversation, kept, backend="import", model=source.model,
+                                      family=_family(source.model), started_at=now))
     try:
-        with store._sessions.begin() as db:
-            db.add(SessionRow(
-                id=session_id, created_at=now, finished_at=now, question=conversation.question, backend="import",
-                model=source.model, family=_family(source.model), tool_versions={},
-                status="finished" if finished else "max_steps", answer=answer if finished else None,
-            ))
-            db.flush()  # the session row first: steps and images refer to it
-            db.add_all(steps)
-            db.add_all(rows)
+        store.record_whole(events, Provenance.imported(now))
     except Exception as err:
         refusal = _refusal(err)
         if refusal is None:
@@ -349,35 +339,6 @@ def _store_source(store: Any, source: _Source) -> tuple[str, bool]:
             return session_id, False
         raise TraceFormatError(f"the database refused it ({refusal})") from err
     return session_id, True
-
-
-def _steps(session_id: str, turns: list[Turn]) -> tuple[list[StepRow], dict[str, int], Any]:
-    """One step per assistant turn; which step produced each tool image; the Terminate answer."""
-    produced_at: dict[str, int] = {}  # the assistant turn before the user turn that shows the image
-    steps: list[StepRow] = []
-    answer: Any = None
-    for position, turn in enumerate(turns):
-        if turn.role != "assistant":
-            continue
-        index = len(steps) + 1
-        following = turns[position + 1] if position + 1 < len(turns) and turns[position + 1].role == "user" else None
-        parsed = parse(turn.text)
-        step = StepRow(session_id=session_id, index=index, raw=turn.text,
-                       observation=following.text if following else None,
-                       image_ids=following.image_ids if following else [])
-        if isinstance(parsed, ParsedStep):
-            # JSON-safe as the recorder writes it: PostgreSQL refuses a model's 1e309 (infinity).
-            step.thought, step.action = parsed.thought, json_safe(parsed.action)
-            # indexed copy of the action name, filled as the recorder fills it (tool filters use it)
-            step.action_name = parsed.action.name[:64] if parsed.action else None
-            if parsed.action and parsed.action.is_final:
-                answer = json_safe(parsed.action.answer)
-        else:
-            step.parse_error_code, step.parse_error = parsed.code, parsed.message
-        for image_id in step.image_ids:
-            produced_at.setdefault(image_id, index)
-        steps.append(step)
-    return steps, produced_at, answer
 
 
 def _family(model: str | None) -> str:

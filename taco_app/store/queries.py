@@ -212,7 +212,7 @@ def list_sessions(store: Store, flt: SessionFilter | None = None) -> Page:
         .join(ids, ids.c.id == SessionRow.id)
         .order_by(*order)
     )
-    with store._sessions() as db:
+    with store.reading() as db:
         total = db.scalar(select(func.count()).select_from(SessionRow).where(*where)) or 0
         items = [SessionSummary(*row) for row in db.execute(query)]
     return Page(items, total, page, size)
@@ -224,7 +224,7 @@ def _columns(row: Any) -> dict[str, Any]:
 
 def get_trace(store: Store, session_id: str) -> Trace | None:
     """A session with its steps, images (absolute paths) and feedback, or None if there is none."""
-    with store._sessions() as db:
+    with store.reading() as db:
         row = db.get(SessionRow, session_id)
         if row is None:
             return None
@@ -248,7 +248,7 @@ def get_trace(store: Store, session_id: str) -> Trace | None:
 
 def dashboard(store: Store) -> dict[str, Any]:
     """Totals for the overview page. Thumbs count sessions by their latest session-level rating."""
-    with store._sessions() as db:
+    with store.reading() as db:
         by_status = dict(db.execute(select(SessionRow.status, func.count()).group_by(SessionRow.status)).all())
         by_model = dict(db.execute(select(SessionRow.model, func.count()).group_by(SessionRow.model)).all())
         steps = db.scalar(select(func.count(StepRow.id))) or 0
@@ -282,7 +282,7 @@ def _check(db: DbSession, session_id: str, step: int | None) -> None:
 
 
 def _add(store: Store, session_id: str, step: int | None, **values: Any) -> None:
-    with store._sessions.begin() as db:
+    with store.writing() as db:
         _check(db, session_id, step)
         db.add(FeedbackRow(session_id=session_id, step=step, created_at=time.time(), **values))
 

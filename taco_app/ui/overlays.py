@@ -1,7 +1,7 @@
 """Pictures of what one step's tool saw: boxes, faces, crop regions and depth maps, for the UI.
 
 Pure PIL, no gradio. It reads a session's events — live, or rebuilt from the store by
-:func:`taco_app.ui.render.trace_events` — so the Run and Review tabs draw a step the same way, and
+:func:`taco_app.store.codec.trace_events` — so the Run and Review tabs draw a step the same way, and
 draws with :mod:`taco_app.drawing`, as the tools do, so a box looks the same on both.
 :func:`render_step` returns a picture and a plain-text caption that lists what is drawn. It never
 raises: a missing file, an unknown action or a malformed stored overlay become a caption, because a
@@ -162,7 +162,7 @@ def render_step(events: Iterable[ev.Event], step: int, *, root: Path | None = No
                 max_side: int = MAX_SIDE) -> tuple[Image.Image | None, str]:
     """The picture of one step's overlay (or None) and a plain-text caption listing what it shows.
 
-    ``events``: the session's events, live or from :func:`taco_app.ui.render.trace_events`.
+    ``events``: the session's events, live or from :func:`taco_app.store.codec.trace_events`.
     ``root``: the images folder (default ``TACO_HOME/images``), for paths stored relative to it.
     """
     try:

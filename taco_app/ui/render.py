@@ -2,8 +2,8 @@
 
 Pure Python, no gradio import: a message is a plain dict ``{"role", "content", "metadata"}`` in
 the format of Gradio 6's Chatbot, so this is tested with hand-built events and no server. A stored
-trace is turned back into the same events (:func:`trace_events`), so the Review tab shows old
-sessions through the very code that shows live ones.
+trace is turned back into the same events (:func:`taco_app.store.codec.trace_events`), so the Review
+tab shows old sessions through the very code that shows live ones.
 
 Everything that comes from the model, a tool or a person is shown as text: markdown and HTML in it
 are escaped, and raw outputs sit in fenced code blocks whose fence is longer than any run of
@@ -331,57 +331,3 @@ def images_seen(events: Iterable[ev.Event], root: Path | None = None) -> list[tu
                 caption = f"{info.image_id} ({made}, step {info.step})"
             out.append((str(path), caption))
     return out
-
-
-# --- stored traces ------------------------------------------------------------------------------
-
-
-def trace_events(trace: Any) -> list[ev.Event]:
-    """A stored :class:`taco_app.store.queries.Trace` as the events a live run would have yielded.
-
-    What the store does not keep is left out: the streamed chunks (ThoughtDelta), StepStarted,
-    Error (the session's status and message say why it ended), a step that never finished its
-    reply, and the ``cached_tokens`` of a usage report.
-    """
-    session, actions = trace.session, {s["index"]: s.get("action_name") for s in trace.steps}
-    infos = [
-        ev.ImageInfo(image_id=i.image_id, sha256=Path(i.path).stem, path=str(i.path), width=i.width, height=i.height,
-                     role=i.role, parent=i.parent, bbox=i.bbox, step=i.step,
-                     action=actions.get(i.step) if i.role != "input" else None)
-        for i in trace.images
-    ]
-    events: list[ev.Event] = [ev.SessionStarted(
-        step=0, session_id=session["id"], question=session["question"], images=[i for i in infos if i.role == "input"],
-        backend=session.get("backend") or "", model=session.get("model"), family=session.get("family") or "",
-        started_at=session.get("created_at") or 0.0, revision=session.get("revision"),
-        quantisation=session.get("quantisation"),
-    )]
-    last = 0
-    for row in trace.steps:
-        n = last = row["index"]
-        usage = {k: row[k] for k in ("prompt_tokens", "output_tokens") if row.get(k) is not None} or None
-        generation_s = row.get("generation_s") or 0.0
-        if row.get("parse_error_code"):
-            events.append(ev.ParseError(step=n, raw=row.get("raw") or "", code=row["parse_error_code"],
-                                        message=row.get("parse_error") or "", observation=row.get("observation") or "",
-                                        generation_s=generation_s, usage=usage))
-            continue
-        action = Action.from_dict(row["action"]) if isinstance(row.get("action"), dict) else None
-        events.append(ev.ActionParsed(step=n, raw=row.get("raw") or "", thought=row.get("thought") or "",
-                                      action=action, generation_s=generation_s, usage=usage))
-        if action is not None and action.is_final and row.get("observation") is None:
-            events.append(ev.FinalAnswer(step=n, answer=ev.json_safe(action.answer)))
-            continue
-        if row.get("observation") is None:
-            continue  # the session ended before the action ran
-        if action is not None:
-            events.append(ev.ToolStarted(step=n, action=action))
-        events += [ev.ImageProduced(step=n, image=i) for i in infos if i.role != "input" and i.step == n]
-        events.append(ev.Observation(step=n, action=action, observation=row["observation"], output=row.get("output"),
-                                     error=row.get("error"), image_ids=list(row.get("image_ids") or []),
-                                     overlays=dict(row.get("overlays") or {}), tool_s=row.get("tool_s") or 0.0))
-    if session.get("status") not in (None, "running"):
-        events.append(ev.Finished(step=last, session_id=session["id"], status=session["status"],
-                                  answer=session.get("answer"), steps=last, total_s=session.get("total_s") or 0.0,
-                                  message=session.get("message") or ""))
-    return events

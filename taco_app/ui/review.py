@@ -1,6 +1,6 @@
 """The Review tab: find a stored session, step through it, judge it, correct it.
 
-A stored session is turned back into events (:func:`taco_app.ui.render.trace_events`) and shown by
+A stored session is turned back into events (:func:`taco_app.store.codec.trace_events`) and shown by
 the same functions as a live run. Every rating, correction and note is saved as it is given. The
 good sessions leave through the Export tab (:mod:`taco_app.ui.export_tab`).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from taco_app.store import queries
+from taco_app.store import codec, queries
 from taco_app.ui import overlays, render
 from taco_app.ui.studio import Studio
 
@@ -188,7 +188,7 @@ def _show_stored(studio: Studio, page: ReviewPage, identifier: str | None, upto:
     if trace is None:
         return {page.chat: [], page.slider: gr.update(), page.picture: None,
                 page.caption: "Pick a session in the table.", page.feedback: "", page.step_text: ""}
-    events = render.trace_events(trace)
+    events = codec.trace_events(trace)
     steps = [n for _label, n in render.step_choices(events)] or [1]
     last = steps[-1]
     upto = last if upto is None else max(1, min(int(upto), last))

@@ -1,0 +1,38 @@
+"""Numbered schema migrations: migration k upgrades a database from version k to k+1 (append-only).
+
+:meth:`taco_app.store.db.Store.migrate` runs the ones a database has not had yet, each followed by
+its new version number, when a store opens.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import Engine, inspect, select, text, update
+
+from taco_app.store.schema import Base, StepRow
+
+
+def _m001_create(engine: Engine) -> None:
+    # A new database gets today's tables at once; the later migrations then find nothing to do.
+    Base.metadata.create_all(engine)
+
+
+def _m002_action_name(engine: Engine) -> None:
+    """steps.action_name (+ index), filled from the action JSON of the steps already stored."""
+    columns = {c["name"] for c in inspect(engine).get_columns("steps")}
+    with engine.begin() as connection:
+        if "action_name" not in columns:
+            connection.execute(text("ALTER TABLE steps ADD COLUMN action_name VARCHAR(64)"))
+        rows = connection.execute(select(StepRow.id, StepRow.action).where(StepRow.action.is_not(None),
+                                                                          StepRow.action_name.is_(None))).all()
+        for step_id, action in rows:
+            name = action.get("name") if isinstance(action, dict) else None
+            connection.execute(update(StepRow).where(StepRow.id == step_id).values(action_name=name))
+        indexes = {i["name"] for i in inspect(connection).get_indexes("steps")}
+        if "ix_steps_action_name_session" not in indexes:
+            connection.execute(text("CREATE INDEX ix_steps_action_name_session ON steps (action_name, session_id)"))
+
+
+# simonw/llm style: numbered, append-only; len(MIGRATIONS) is the schema version they lead to.
+MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name]
