@@ -43,7 +43,7 @@ def _texts(row: dict) -> list[tuple[str, str]]:
 
 
 def _add_feedback(store: Store, session_id: str, **fields) -> None:
-    with store._sessions.begin() as db:
+    with store.writing() as db:
         db.add(FeedbackRow(session_id=session_id, created_at=time.time(), **fields))
 
 
@@ -132,6 +132,25 @@ def test_corrections_and_filters(store, reference, tmp_path):
         export(store, tmp_path / "bad", "cota-mantis", since="01/02/2024")
 
 
+def test_a_format_is_one_object_in_the_registry(store, reference, tmp_path, monkeypatch):
+    """The exporter chooses, rebuilds and writes; a format only turns one session into one row."""
+    from taco_app.store.export import FORMATS, Sample
+
+    class SessionIds:
+        name, like = "session-ids", "a list of session ids"
+
+        def row(self, sample: Sample) -> dict:
+            return {"id": sample.session.id, "turns": len(sample.turns), "images": sample.images}
+
+    assert all(name == fmt.name for name, fmt in FORMATS.items())
+    monkeypatch.setitem(FORMATS, "session-ids", SessionIds())
+    ids = _import_some(store, reference, 2)
+    assert export(store, tmp_path / "ids", "session-ids").count == 2
+    rows = _rows(tmp_path / "ids")
+    assert [r["id"] for r in rows] == ids and all(r["images"][0].startswith("images/") for r in rows)
+    assert "`session-ids` (rows like `a list of session ids`)" in (tmp_path / "ids" / "README.md").read_text()
+
+
 def test_a_corrected_step_replaces_the_assistant_turn(store, reference, tmp_path):
     (session_id,) = _import_some(store, reference, 1)
     fixed = {"thought": "Look closer.", "actions": [{"name": "OCR", "arguments": {"image": "image-0"}}]}
@@ -154,7 +173,7 @@ def test_a_non_empty_folder_is_refused_unless_forced(store, reference, tmp_path)
 
 def test_an_image_path_outside_the_images_folder_is_refused(store, reference, tmp_path):
     (session_id,) = _import_some(store, reference, 1)
-    with store._sessions.begin() as db:
+    with store.writing() as db:
         db.query(ImageRow).filter_by(session_id=session_id).update({"path": "../../x"})
     outside = tmp_path / "x"
     outside.write_bytes(b"secret")
@@ -206,7 +225,7 @@ def _many_sessions(store: Store, n: int, start: int = 0) -> None:
 
     answer = json.dumps({"thought": "I can answer now.", "actions": [{"name": "Terminate", "arguments": {"answer": "42"}}]},
                         separators=(",", ":"))
-    with store._sessions.begin() as db:
+    with store.writing() as db:
         for k in range(start, start + n):
             session_id = f"s{k:06d}"
             db.add(SessionRow(id=session_id, created_at=1e9 + k, finished_at=1e9 + k, question=f"Question {k}: " + "why? " * 60,

@@ -251,7 +251,7 @@ def test_the_command_line_choices_are_the_constants():
     assert tuple(option("run", "quantisation").choices) == settings.QUANTISATIONS
     assert option("run", "max_replies").default == MAX_REPLIES
     assert tuple(option("download", "only").choices) == SLOT_KEYS
-    assert tuple(option("export", "format").choices) == FORMATS
+    assert tuple(option("export", "format").choices) == tuple(FORMATS)
     assert tuple(option("export", "rating").choices) == RATINGS
     flags = {flag for action in parser._actions for flag in action.option_strings}
     flags |= {flag for sub in commands.values() for action in sub._actions for flag in action.option_strings}

@@ -1,7 +1,8 @@
-"""Export stored sessions as CoTA training data (the rows of Salesforce/cota-mantis or cota-llava).
+"""The exporter: which sessions, their conversations rebuilt, their images copied, the files written.
 
 Each finished session is rebuilt in TACO's turn format from its rows (people's corrections
-applied), its images are copied by content into ``DIR/images/<sha256>.<ext>``, and the rows go to
+applied), its images are copied by content into ``DIR/images/<sha256>.<ext>``, and the rows (one
+per session, in the chosen format: :data:`~taco_app.store.export.formats.FORMATS`) go to
 ``DIR/data.jsonl`` with a short dataset card in ``DIR/README.md``. The output carries no timestamps
 and sessions are ordered by (created_at, id), so the same database always gives the same bytes.
 Every file is written to a temp name beside it and renamed into place, so each one is whole: the
@@ -24,13 +25,12 @@ from sqlalchemy.orm import selectinload
 from taco_app.cota.actions import compact_json, step_text
 from taco_app.cota.parser import ParsedStep, parse
 from taco_app.cota.prompt import IMAGE_TOKEN, assistant_turn, user_request
+from taco_app.store.export.base import ExportFormat, Sample
+from taco_app.store.export.formats import FORMATS
 from taco_app.store.files import atomic_writer, write_atomic
-from taco_app.store.queries import LatestFeedback
+from taco_app.store.queries import RATINGS, LatestFeedback
 from taco_app.store.schema import FeedbackRow, ImageRow, SessionRow
 
-FORMATS = ("cota-mantis", "cota-llava")
-RATINGS = ("up", "down")
-DATASET = "taco-studio"
 LICENCE = (
     "TACO's prompt format and checkpoints: CC-BY-NC-4.0 (SalesforceAIResearch/TACO); "
     "images: as provided by the people who uploaded them"
@@ -44,6 +44,15 @@ class ExportResult:
     count: int
     files: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "session id: why", for sessions that could not be exported
+
+
+@dataclass
+class _Plan:
+    """Everything to write, decided before anything is written."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    copies: dict[str, Path] = field(default_factory=dict)  # relative target → source file
+    skipped: list[str] = field(default_factory=list)
 
 
 def parse_since(since: str | None) -> float | None:
@@ -72,11 +81,21 @@ def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | No
         if root.is_dir() and any(root.iterdir()) and not force:
             raise ValueError(f"{root} is not empty; choose an empty folder or pass --force to overwrite")
 
-    sessions, feedback = _load(store, since_ts)
     # Plan everything before writing anything: a refused image path leaves DIR untouched.
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    copies: dict[str, Path] = {}  # relative target → source file
+    plan = _plan(store, root, FORMATS[fmt], since_ts, rating, corrected_only)
+    if dry_run:
+        return ExportResult(count=len(plan.rows), skipped=plan.skipped)
+    card = _card(FORMATS[fmt], len(plan.rows), len(plan.copies), rating, corrected_only, since)
+    return ExportResult(count=len(plan.rows), files=_write(root, plan, card), skipped=plan.skipped)
+
+
+# --- choosing and rebuilding --------------------------------------------------------------------
+
+
+def _plan(store: Any, root: Path, fmt: ExportFormat, since_ts: float | None, rating: str | None,
+          corrected_only: bool) -> _Plan:
+    sessions, feedback = _load(store, since_ts)
+    plan = _Plan()
     for session in sessions:
         notes = LatestFeedback.fold(feedback.get(session.id, []))
         if corrected_only and not notes.corrected:
@@ -85,7 +104,7 @@ def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | No
             continue
         built = _conversation(session, notes)
         if built is None:
-            skipped.append(f"{session.id}: its conversation could not be rebuilt (no Terminate answer or step text)")
+            plan.skipped.append(f"{session.id}: its conversation could not be rebuilt (no Terminate answer or step text)")
             continue
         turns, image_ids = built
         by_id = {row.image_id: row for row in session.images}
@@ -94,41 +113,13 @@ def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | No
             if image_id not in by_id:
                 break
             rel, source = _image_target(store, root, by_id[image_id])
-            copies[rel] = source
+            plan.copies[rel] = source
             paths.append(rel)
         if len(paths) != len(image_ids):  # an image the text refers to is missing: not trainable
-            skipped.append(f"{session.id}: an image its text refers to is not in the store")
+            plan.skipped.append(f"{session.id}: an image its text refers to is not in the store")
             continue
-        rows.append(_row(fmt, session, turns, paths, notes))
-
-    if dry_run:
-        return ExportResult(count=len(rows), skipped=skipped)
-    root.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    for rel, source in sorted(copies.items()):
-        target = _inside(root, rel)
-        if not target.exists():
-            write_atomic(target, source.read_bytes())
-    data, card = _inside(root, "data.jsonl"), _inside(root, "README.md")
-    # Each file is written under a temp name and renamed into place, so a crash or a full disk
-    # leaves an earlier export's files whole (a --force export into it). Both are written before
-    # either is renamed: the window where the card and the data disagree is two renames long.
-    writing = data
-    try:
-        with atomic_writer(card, durable=True) as card_file, atomic_writer(data, durable=True) as data_file:
-            for r in rows:  # streamed: an export of many sessions is never one string in memory
-                data_file.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
-            writing = card
-            card_file.write(_card(fmt, len(rows), len(copies), rating, corrected_only, since).encode("utf-8"))
-    except OSError as err:
-        if err.filename is None:  # a failed write() names no file: say which one, for the message
-            err.filename = str(writing)
-        raise
-    files += [data, card]
-    return ExportResult(count=len(rows), files=files, skipped=skipped)
-
-
-# --- reading ------------------------------------------------------------------------------------
+        plan.rows.append(fmt.row(Sample(session, turns, paths, notes)))
+    return plan
 
 
 def _load(store: Any, since_ts: float | None) -> tuple[list[SessionRow], dict[str, list[FeedbackRow]]]:
@@ -137,7 +128,7 @@ def _load(store: Any, since_ts: float | None) -> tuple[list[SessionRow], dict[st
              .order_by(SessionRow.created_at, SessionRow.id))
     if since_ts is not None:
         query = query.where(SessionRow.created_at >= since_ts)
-    with store._sessions() as db:
+    with store.reading() as db:
         sessions = list(db.scalars(query).all())
         notes = db.scalars(select(FeedbackRow).order_by(FeedbackRow.created_at, FeedbackRow.id)).all()
     feedback: dict[str, list[FeedbackRow]] = {}
@@ -209,34 +200,38 @@ def _inside(root: Path, rel: str) -> Path:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _row(fmt: str, session: SessionRow, turns: list[Any], paths: list[str], notes: LatestFeedback) -> dict[str, Any]:
-    if fmt == "cota-llava":
-        return {
-            "sample_id": session.id,
-            "image": paths,
-            "conversations": [{"from": "human" if t.role == "user" else "gpt", "value": t.text} for t in turns],
-            "choice_list": None,
-            "metadata": {"dataset": DATASET, "task_instruction": session.question},
-        }
-    return {
-        "id": session.id,
-        "images": paths,
-        "conversation": [{"role": t.role, "content": t.text} for t in turns],
-        "metadata": {
-            "dataset": DATASET, "task_instruction": session.question, "model": session.model,
-            "backend": session.backend, "family": session.family,
-            "corrected": notes.corrected, "rating": notes.rating,
-        },
-    }
+def _write(root: Path, plan: _Plan, card_text: str) -> list[Path]:
+    """The images, ``data.jsonl`` and the card, each whole; returns the two files written."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, source in sorted(plan.copies.items()):
+        target = _inside(root, rel)
+        if not target.exists():
+            write_atomic(target, source.read_bytes())
+    data, card = _inside(root, "data.jsonl"), _inside(root, "README.md")
+    # Each file is written under a temp name and renamed into place, so a crash or a full disk
+    # leaves an earlier export's files whole (a --force export into it). Both are written before
+    # either is renamed: the window where the card and the data disagree is two renames long.
+    writing = data
+    try:
+        with atomic_writer(card, durable=True) as card_file, atomic_writer(data, durable=True) as data_file:
+            for r in plan.rows:  # streamed: an export of many sessions is never one string in memory
+                data_file.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+            writing = card
+            card_file.write(card_text.encode("utf-8"))
+    except OSError as err:
+        if err.filename is None:  # a failed write() names no file: say which one, for the message
+            err.filename = str(writing)
+        raise
+    return [data, card]
 
 
-def _card(fmt: str, count: int, images: int, rating: str | None, corrected_only: bool, since: str | None) -> str:
+def _card(fmt: ExportFormat, count: int, images: int, rating: str | None, corrected_only: bool, since: str | None) -> str:
     filters = [f"rating = {rating}"] if rating else []
     filters += ["corrected sessions only"] if corrected_only else []
     filters += [f"created on or after {since}"] if since else []
     return (
         "# TACO Studio export\n\n"
-        f"- Format: `{fmt}` (rows like `Salesforce/{fmt}`), one row per line in `data.jsonl`\n"
+        f"- Format: `{fmt.name}` (rows like `{fmt.like}`), one row per line in `data.jsonl`\n"
         f"- Rows: {count} finished sessions with a Terminate answer; {images} distinct images in `images/`\n"
         f"- Filters: {', '.join(filters) if filters else 'none'}\n"
         "- Corrections from feedback are applied (corrected steps and final answers)\n\n"

@@ -1,0 +1,10 @@
+"""The export formats by name. A new format is one module beside this one and one entry here; the
+command line's ``--format`` choices and the Export tab read this mapping."""
+
+from __future__ import annotations
+
+from taco_app.store.export.base import ExportFormat
+from taco_app.store.export.cota_llava import FORMAT as COTA_LLAVA
+from taco_app.store.export.cota_mantis import FORMAT as COTA_MANTIS
+
+FORMATS: dict[str, ExportFormat] = {fmt.name: fmt for fmt in (COTA_MANTIS, COTA_LLAVA)}  # the first is the default
