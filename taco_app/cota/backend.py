@@ -51,8 +51,16 @@ class Backend:
     def load(self) -> Any:
         """Load what :meth:`stream` needs now (a large checkpoint), so the first step does not wait.
 
-        Nothing by default. A backend that loads for long says how far it is on its own status.
+        Nothing by default. While it runs, :meth:`load_progress` says how far it is.
         """
+
+    def load_progress(self) -> tuple[float, str]:
+        """How far :meth:`load` is: a fraction from 0 to 1 and the stage in words (done, by default)."""
+        return 1.0, ""
+
+    def describe(self) -> str:
+        """Which model, on what, how: one line for the page (the local model adds its device and memory)."""
+        return f"{self.name} · {self.model_id}" if self.model_id else self.name
 
 
 class ImageSink(Protocol):

@@ -304,9 +304,9 @@ def _load(backend: Any, page: AskPage) -> Iterator[dict[Any, Any]]:
     loader = threading.Thread(target=load, name="taco-model-load", daemon=True)
     loader.start()
     while loader.is_alive():
-        status = backend.status
-        bar = "█" * int(status.progress * 20) + "░" * (20 - int(status.progress * 20))
-        yield {page.info: f"Loading the model: `{bar}` {status.progress:.0%} · {render.escape_text(status.stage)}"}
+        progress, stage = backend.load_progress()
+        bar = "█" * int(progress * 20) + "░" * (20 - int(progress * 20))
+        yield {page.info: f"Loading the model: `{bar}` {progress:.0%} · {render.escape_text(stage)}"}
         loader.join(timeout=0.25)
     if errors:
         raise gr.Error(f"The model could not be loaded: {errors[0]}")

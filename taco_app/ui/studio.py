@@ -93,10 +93,7 @@ class Studio:
         """Which model, on what, how: the line above the Ask tab."""
         if self.local is None:
             return "**Model:** none loaded here. Examples replay recorded TACO replies; tools run live."
-        status = getattr(self.local, "status", None)
-        if status is None:
-            return f"**Model:** {self.local.name} · {self.local.model_id}"
-        return f"**Model:** {status.summary()}"
+        return f"**Model:** {self.local.describe()}"
 
     def banner(self) -> str:
         """Why no model can run here and what still works ("" when the local model can run)."""

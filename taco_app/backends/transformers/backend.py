@@ -144,6 +144,12 @@ class TransformersBackend(Backend):
             self._family = family_of(config)
         return self._family
 
+    def load_progress(self) -> tuple[float, str]:
+        return self.status.progress, self.status.stage
+
+    def describe(self) -> str:
+        return self.status.summary()
+
     @property
     def loaded(self) -> bool:
         return self._loaded is not None
