@@ -283,7 +283,7 @@ def test_the_real_checkpoint_maps_onto_llava_hf_settings():
     from taco_app.backends.transformers import convert as conversion
 
     def tensor(key, *shape):
-        return key, conversion._Tensor(Path("x.safetensors"), key, "BF16", list(shape), 2 * math.prod(shape))
+        return key, conversion.Tensor(Path("x.safetensors"), key, "BF16", list(shape), 2 * math.prod(shape))
 
     tower = llava_qwen.TOWER_PREFIX
     tensors = dict([

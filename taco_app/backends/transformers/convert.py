@@ -12,19 +12,19 @@ setting it can against the weight shapes. Output keys use the layout of the publ
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SHARD_BYTES = 4 * 1024**3  # output shards of at most 4 GiB, as transformers writes them
+from taco_app.backends.transformers.shards import (
+    SHARD_BYTES, ConversionError, Tensor, read_headers, read_json, write_shards,
+)
+
 TOWER = "model.vision_tower.vision_tower.vision_model."  # LLaVA-NeXT: tower wrapper → SiglipVisionModel
 DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
@@ -53,21 +53,6 @@ CHAT_TEMPLATE = (
 )
 
 
-class ConversionError(ValueError):
-    """The source or destination cannot be converted; the message says what was found and the fix."""
-
-
-@dataclass
-class _Tensor:
-    file: Path
-    key: str
-    dtype: str  # safetensors name: BF16, F32, …
-    shape: list[int]
-    nbytes: int
-    target: str = ""
-    grow_to: int | None = None  # rows after growing the vocabulary (embed_tokens, lm_head)
-
-
 def convert(src: str | Path, dst: str | Path, *, progress: Callable[[str], None] | None = None,
             shard_bytes: int = SHARD_BYTES) -> Path:
     """Convert the llava_qwen checkpoint at ``src`` (folder or cached Hub id) into ``dst``; returns ``dst``."""
@@ -76,9 +61,9 @@ def convert(src: str | Path, dst: str | Path, *, progress: Callable[[str], None]
     dst = Path(dst).expanduser().resolve()
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConversionError(f"{dst} exists and is not an empty folder: give a new or empty folder as the destination")
-    config = _read_json(source / "config.json")
+    config = read_json(source / "config.json")
     _check_layout(config)
-    tensors = _headers(source)
+    tensors = read_headers(source)
     say(f"source: llava_qwen checkpoint {source} ({len(tensors)} tensors)")
     vision, origin = _vision_settings(config, tensors)
     say(f"vision tower {config['mm_vision_tower']}: {vision['num_hidden_layers']} encoder layers, "
@@ -95,7 +80,7 @@ def convert(src: str | Path, dst: str | Path, *, progress: Callable[[str], None]
     dst.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".converting", dir=dst.parent))
     try:  # everything goes to a sibling folder, renamed at the end: a failure leaves no half checkpoint
-        _write_weights([t for t in tensors.values() if t.target], work, shard_bytes, say)
+        write_shards([t for t in tensors.values() if t.target], work, shard_bytes, say)
         hf_config.save_pretrained(work)
         _processor(tokenizer, vision, hf_config).save_pretrained(work)
         if (source / "generation_config.json").is_file():
@@ -133,13 +118,6 @@ def _source_folder(src: str | Path) -> Path:
     return found.resolve()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConversionError(f"cannot read {path}: {err}") from err
-
-
 def _check_layout(config: dict[str, Any]) -> None:
     model_type = config.get("model_type")
     archs = config.get("architectures") or []
@@ -164,56 +142,13 @@ def _check_layout(config: dict[str, Any]) -> None:
         raise ConversionError("this llava_qwen checkpoint does not map onto LLaVA-OneVision: " + "; ".join(problems))
 
 
-def _headers(folder: Path) -> dict[str, _Tensor]:
-    """Every tensor's name, dtype and shape, read from the safetensors headers (no tensor data yet)."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise ConversionError(f"{folder} lacks {', '.join(missing)} named by its index: the download is incomplete")
-        files = [folder / n for n in names]
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        other = "only PyTorch .bin weights; convert needs .safetensors" if any(folder.glob("*.bin")) else "no weights"
-        raise ConversionError(f"{folder} has {other}")
-    tensors: dict[str, _Tensor] = {}
-    for path in files:
-        for key, entry in _header(path):
-            if key in tensors:
-                raise ConversionError(f"{key} is stored twice ({tensors[key].file.name} and {path.name})")
-            start, end = entry["data_offsets"]
-            tensors[key] = _Tensor(path, key, entry["dtype"], list(entry["shape"]), end - start)
-    return tensors
-
-
-def _header(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-            if length > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(f.read(length))
-        header.pop("__metadata__", None)
-        entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])  # read in file order
-        end = max((e["data_offsets"][1] for _, e in entries), default=0)
-    except (ValueError, KeyError, TypeError, IndexError) as err:
-        raise ConversionError(f"{path} is not a readable safetensors file ({err}): download it again") from err
-    if 8 + length + end > size:
-        raise ConversionError(f"{path} is truncated ({size} bytes, its header promises {8 + length + end}): "
-                              "download it again")
-    return entries
-
-
-def _shape(tensors: dict[str, _Tensor], key: str) -> list[int]:
+def _shape(tensors: dict[str, Tensor], key: str) -> list[int]:
     if key not in tensors:
         raise ConversionError(f"the checkpoint has no {key}: it is not a complete llava_qwen checkpoint")
     return tensors[key].shape
 
 
-def _vision_settings(config: dict[str, Any], tensors: dict[str, _Tensor]) -> tuple[dict[str, Any], str]:
+def _vision_settings(config: dict[str, Any], tensors: dict[str, Tensor]) -> tuple[dict[str, Any], str]:
     """SiglipVisionConfig settings that make the converted tower compute what LLaVA-NeXT's did, and their source."""
     name = str(config["mm_vision_tower"])
     base = Path(name).name.lower()  # LLaVA-NeXT picks the tower class by name, CLIP first
@@ -272,7 +207,7 @@ def _tower_config(name: str) -> tuple[dict[str, Any] | None, str]:
         return None, ""
     from transformers import SiglipVisionConfig
 
-    raw = _read_json(folder / "config.json")
+    raw = read_json(folder / "config.json")
     if raw.get("model_type") == "siglip":  # a full SigLIP (google's): the tower is its vision half
         raw = raw.get("vision_config") or {}
     elif raw.get("model_type") != "siglip_vision_model":
@@ -296,7 +231,7 @@ def _tokenizer(folder: Path):
     return tokenizer, [f"{t} (id {tokenizer.convert_tokens_to_ids(t)})" for t in added]
 
 
-def _plan(tensors: dict[str, _Tensor], config: dict[str, Any], vision: dict[str, Any], tokens: int
+def _plan(tensors: dict[str, Tensor], config: dict[str, Any], vision: dict[str, Any], tokens: int
           ) -> tuple[int, list[str]]:
     """Name each tensor's target (or leave it out); returns the vocabulary size and what was left out."""
     skipped = []
@@ -350,7 +285,7 @@ def _target(key: str, vision_layers: int) -> str:
                           "resampler, a deeper projector?), so it cannot be converted faithfully")
 
 
-def _hf_config(config: dict[str, Any], vision: dict[str, Any], tensors: dict[str, _Tensor], vocab: int, tokenizer):
+def _hf_config(config: dict[str, Any], vision: dict[str, Any], tensors: dict[str, Tensor], vocab: int, tokenizer):
     from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
     dtype = DTYPES.get(tensors["model.embed_tokens.weight"].dtype, "float32")  # the dtype the weights are stored in
@@ -406,55 +341,3 @@ def _processor(tokenizer, vision: dict[str, Any], hf_config):
         image_token="<image>", video_token="<video>", vision_aspect_ratio=hf_config.vision_aspect_ratio)
 
 
-def _write_weights(tensors: list[_Tensor], folder: Path, shard_bytes: int, say: Callable[[str], None]) -> None:
-    """Copy tensors into output shards, one shard at a time.
-
-    safetensors reads through a memory map and writes from tensor pointers, so what a shard occupies is
-    mostly page cache the OS can drop: converting a 3.9 GB checkpoint raised anonymous memory by 0.15 GB.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    shards: list[list[_Tensor]] = [[]]
-    filled = 0
-    for t in tensors:
-        if shards[-1] and filled + t.nbytes > shard_bytes:
-            shards.append([])
-            filled = 0
-        shards[-1].append(t)
-        filled += t.nbytes
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
-    weight_map: dict[str, str] = {}
-    with ExitStack() as files:
-        current, handle = None, None
-        for name, shard in zip(names, shards):
-            out = {}
-            for t in shard:
-                if t.file != current:  # sources are read in order: close one file before opening the next
-                    files.close()
-                    current, handle = t.file, files.enter_context(safe_open(str(t.file), framework="pt"))
-                out[t.target] = _load(handle, t)
-                weight_map[t.target] = name
-            save_file(out, str(folder / name), metadata={"format": "pt"})
-            size = sum(x.nbytes for x in shard)
-            del out
-            say(f"wrote {name}: {len(shard)} tensors, {size / 1e9:.2f} GB")
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)},
-                 "weight_map": dict(sorted(weight_map.items()))}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
-def _load(handle: Any, t: _Tensor):
-    import torch
-
-    try:
-        value = handle.get_tensor(t.key)
-    except Exception as err:  # safetensors raises its own error types for damaged data
-        raise ConversionError(f"cannot read {t.key} from {t.file}: {err}; the file may be damaged, "
-                              "download it again") from err
-    if t.grow_to and t.grow_to > value.shape[0]:
-        extra = value.float().mean(dim=0, keepdim=True).to(value.dtype).expand(t.grow_to - value.shape[0], -1)
-        value = torch.cat([value, extra], dim=0)
-    return value.contiguous()
