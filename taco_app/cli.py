@@ -23,8 +23,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from taco_app.backends import backend_help
-    from taco_app.cota.prompt import FAMILIES
-    from taco_app.runner import MAX_REPLIES
+    from taco_app.cota.prompt import FAMILIES, MAX_REPLIES
     from taco_app.settings import QUANTISATIONS
     from taco_app.store.export import FORMATS, RATINGS
     from taco_app.weights import SLOT_KEYS

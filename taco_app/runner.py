@@ -36,6 +36,7 @@ from taco_app.cota.actions import Action, step_text
 from taco_app.cota.backend import Backend, ImageSink
 from taco_app.cota.parser import ParseFailure, parse
 from taco_app.cota.prompt import (
+    MAX_REPLIES,
     NO_ACTION_MESSAGE,
     ImagePart,
     Turn,
@@ -55,7 +56,6 @@ from taco_app.tools.base import image_id
 from taco_app.tools.execution import DEFAULT_TOOL_TIMEOUT, execute
 from taco_app.tools.imageops import MAX_SIDE
 
-MAX_REPLIES = 10  # replies after the first, as in TACO
 # A TACO step is a few hundred characters; 2000 tokens (TACO's cap) are under 10,000. A backend that
 # streams far more (a runaway server, a hostile replay) is cut here: the rest is never read, stored or
 # fed back to the model, whose next prompt would otherwise grow without bound.

@@ -237,7 +237,7 @@ def test_the_readme_table_is_the_declaration():
 
 def test_the_command_line_choices_are_the_constants():
     from taco_app.cota.prompt import FAMILIES
-    from taco_app.runner import MAX_REPLIES
+    from taco_app.cota.prompt import MAX_REPLIES
     from taco_app.store.export import FORMATS, RATINGS
     from taco_app.weights import SLOT_KEYS
 

@@ -38,6 +38,7 @@ GENERIC_REPAIR = (
 
 Family = Literal["mantis", "qwen2"]
 FAMILIES: tuple[str, ...] = ("mantis", "qwen2")
+MAX_REPLIES = 10  # how many replies a session may have after the first: TACO's limit
 LLAMA3_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives"
     " helpful, detailed, and polite answers to the human's questions."
