@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from taco_app.cota.actions import Action, step_text
+from taco_app.drawing import font
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "examples"
 
@@ -30,8 +31,8 @@ def fuel_sign(prices: dict[str, str] = FUEL_PRICES, size: tuple[int, int] = (102
     draw.rectangle([int(width * 0.47), int(height * 0.7), int(width * 0.53), int(height * 0.82)], fill="#333")  # pole
     left, top, right, bottom = int(width * 0.12), int(height * 0.05), int(width * 0.88), int(height * 0.72)
     draw.rectangle([left, top, right, bottom], fill="#f4f1e8", outline="#1c3d7a", width=10)
-    title = ImageFont.load_default(size=int(height * 0.075))
-    row = ImageFont.load_default(size=int(height * 0.08))
+    title = font(int(height * 0.075))
+    row = font(int(height * 0.08))
     draw.text(((left + right) / 2, top + height * 0.07), "FUEL PRICES", font=title, fill="#1c3d7a", anchor="mm")
     pitch = (bottom - top - height * 0.16) / len(prices)
     for i, (grade, price) in enumerate(prices.items()):
