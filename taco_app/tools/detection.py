@@ -159,19 +159,15 @@ def localize(image: Image.Image, objects: list[str], *, box_threshold: float | N
 
     ``box_threshold`` keeps a box when its best token score exceeds it; ``text_threshold`` keeps
     it only if the requested object's own words score above it (else the box is grounded on
-    nothing asked for). Both default to the settings TACO_BOX_THRESHOLD / TACO_TEXT_THRESHOLD (0.35 / 0.25,
-GroundingDINO's own demo defaults).
+    nothing asked for). Both default to the settings TACO_BOX_THRESHOLD / TACO_TEXT_THRESHOLD
+    (0.35 / 0.25, GroundingDINO's own demo defaults).
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
     box_t = _threshold("box_threshold", box_threshold)
     text_t = _threshold("text_threshold", text_threshold)
     requested = _requested(objects)
-    prompt, starts = "", []
-    for _label, phrase in requested:
-        starts.append((len(prompt), len(prompt) + len(phrase)))
-        prompt += phrase + ". "
-    prompt = prompt.strip()
+    prompt, starts = _prompt(requested)
 
     detector: Detector = MODELS.get(DETECTION, _load)
     import torch  # after the model: a missing model is reported without paying torch's import
@@ -200,6 +196,21 @@ GroundingDINO's own demo defaults).
     if len(probs) != len(found["scores"]):
         spans = None
 
+    return number_labels(drop_duplicates(_regions(found, probs, spans, phrases, requested, text_t))[:MAX_REGIONS])
+
+
+def _prompt(requested: list[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """GroundingDINO's text prompt ("a cat. a red car.") and where each requested phrase starts and ends in it."""
+    prompt, starts = "", []
+    for _label, phrase in requested:
+        starts.append((len(prompt), len(prompt) + len(phrase)))
+        prompt += phrase + ". "
+    return prompt.strip(), starts
+
+
+def _regions(found: dict, probs: Any, spans: list | None, phrases: list[str], requested: list[tuple[str, str]],
+             text_t: float) -> list[dict]:
+    """Each kept box grounded on one requested object (by its words' scores, else by the processor's phrase)."""
     regions = []
     for i, (score, box) in enumerate(zip(found["scores"].tolist(), found["boxes"].tolist())):
         if spans is not None:
@@ -216,7 +227,7 @@ GroundingDINO's own demo defaults).
         if bbox[0] >= bbox[2] or bbox[1] >= bbox[3]:
             continue  # under 1% of the image wide or high: Crop and ZoomIn would refuse this box
         regions.append({"label": label, "bbox": bbox, "score": round(float(score), 2)})
-    return number_labels(drop_duplicates(regions)[:MAX_REGIONS])
+    return regions
 
 
 class LocalizeObjects(Tool):
