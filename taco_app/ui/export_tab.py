@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from taco_app.store.export import FORMATS, export
+from taco_app.store.export import FORMATS, RATINGS, export
 from taco_app.ui import render
 from taco_app.ui.live import Owner, owner
 from taco_app.ui.studio import Studio
@@ -26,7 +26,7 @@ def build(studio: Studio) -> None:
     """The Export tab's components and events (call inside a ``gr.Tab``)."""
     with gr.Row():
         fmt = gr.Radio(list(FORMATS), value=list(FORMATS)[0], label="Format", elem_id="export-format")
-        rating = gr.Radio(["any", "up"], value="any", label="Rating")
+        rating = gr.Radio(["any", *RATINGS], value="any", label="Rating")
         corrected = gr.Checkbox(label="Only corrected sessions")
         since = gr.Textbox(label="Since (YYYY-MM-DD)", placeholder="any date")
     count = gr.Markdown(elem_id="export-count")
