@@ -206,13 +206,6 @@ class Settings(BaseSettings):
         settings._sources = {name: _source(name, given) for name in cls.model_fields}
         return settings
 
-    @classmethod
-    def load(cls, home: str | Path | None = None, db_url: str | None = None) -> "Settings":
-        """The settings in force (:func:`current`); given ``home`` or ``db_url``, the environment's with those."""
-        if home is None and db_url is None:
-            return current()
-        return cls.read({"home": home, "db_url": db_url})
-
     # --- what people ask of it ------------------------------------------------------------------
 
     @property
@@ -370,11 +363,6 @@ def use(settings: Settings) -> Iterator[Settings]:
         yield settings
     finally:
         _installed = previous
-
-
-def db_timeout() -> float:
-    """``TACO_DB_TIMEOUT``: the longest wait on the database (default 30 s)."""
-    return current().db_timeout
 
 
 # --- the README's table -------------------------------------------------------------------------------

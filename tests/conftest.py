@@ -12,7 +12,7 @@ import pytest
 from taco_app.backends import ReplayBackend
 from taco_app.cota import events as ev
 from taco_app.runner import run
-from taco_app.settings import Settings
+from taco_app.settings import current
 from taco_app.store.files import ImageFiles
 from taco_app.tools import default_tools
 
@@ -83,7 +83,7 @@ def run_loop(question, images, backend, **kwargs) -> Iterator[ev.Event]:
     kwargs.setdefault("tools", default_tools())
     if "sink" not in kwargs:  # a test that undid its monkeypatching has no TACO_HOME of its own any more
         home = os.environ.get("TACO_HOME")
-        kwargs["sink"] = ImageFiles(Path(home) / "images" if home else Settings.load().images_dir)
+        kwargs["sink"] = ImageFiles(Path(home) / "images" if home else current().images_dir)
     return run(question, images, backend, **kwargs)
 
 

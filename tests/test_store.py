@@ -61,10 +61,10 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
     """A database as version 1 made it (no steps.action_name): opening it migrates and keeps all."""
     from sqlalchemy import create_engine, inspect
 
-    from taco_app.settings import Settings
+    from taco_app.settings import current
     from taco_app.store.schema import Base
 
-    url = Settings.load().db_url
+    url = current().db_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)

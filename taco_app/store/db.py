@@ -80,12 +80,12 @@ class Store:
         ``timeout_s`` bounds every wait on the database: SQLite's wait for a lock, PostgreSQL's
         connection and each statement (default ``TACO_DB_TIMEOUT``, 30 s).
         """
-        from taco_app.settings import db_timeout
+        from taco_app.settings import current
 
         self.url = url
         self.images_root = Path(images_root)
         self.images = ImageFiles(self.images_root)  # the ImageSink sessions keep their images in
-        self.timeout_s = timeout_s or db_timeout()
+        self.timeout_s = timeout_s or current().db_timeout
         self.file: Path | None = None  # SQLite's database file
         self._identity: tuple[int, int] | None = None  # (device, inode) of that file when opened
         self._unfinished: dict[str, tuple[str, str]] = {}  # session id -> (status, message) not yet written
@@ -113,9 +113,9 @@ class Store:
 
     @classmethod
     def open(cls) -> "Store":
-        from taco_app.settings import Settings
+        from taco_app.settings import current
 
-        settings = Settings.load()
+        settings = current()
         settings.ensure_home()
         return cls(settings.db_url, settings.images_dir, timeout_s=settings.db_timeout)
 

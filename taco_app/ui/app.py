@@ -98,11 +98,11 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False,
     Its temporary files live in a private folder of the data folder (:class:`Scratch`), removed when
     it stops: on Ctrl-C or SIGTERM, on :func:`stop`, or at exit.
     """
-    from taco_app.settings import Settings
+    from taco_app.settings import current
     from taco_app.store.db import Store
 
     credentials = auth if isinstance(auth, list) else parse_auth(auth)
-    settings = Settings.load()
+    settings = current()
     settings.ensure_home()  # also keeps torch's compile cache in it
     scratch = Scratch(settings.temp_dir)
     atexit.register(scratch.remove)

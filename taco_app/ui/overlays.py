@@ -32,9 +32,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def images_root() -> Path:
-    from taco_app.settings import Settings
+    from taco_app.settings import current
 
-    return Settings.load().images_dir
+    return current().images_dir
 
 
 def resolve_path(path: str | Path | None, sha256: str | None = None, root: Path | None = None) -> Path | None:
