@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from taco_app.backends import backend_help
     from taco_app.cota.prompt import FAMILIES, MAX_REPLIES
     from taco_app.settings import QUANTISATIONS
-    from taco_app.store.export import FORMATS, RATINGS
+    from taco_app.store.export import DATASET, FORMATS, RATINGS
     from taco_app.weights import SLOT_KEYS
 
     parser = argparse.ArgumentParser(prog="app.py", description="TACO Studio: run, watch, judge and improve TACO models.")
@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--corrected-only", action="store_true", help="only sessions with a correction")
     export.add_argument("--since", metavar="YYYY-MM-DD", help="only sessions created on or after this date (UTC)")
     export.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    export.add_argument("--dataset-name", default=DATASET, metavar="NAME",
+                        help=f"the rows' metadata.dataset and id prefix (default {DATASET})")
+    export.add_argument("--push-to-hub", metavar="REPO",
+                        help="then upload the folder as a private Hugging Face dataset repository (needs the network)")
     import_ = sub.add_parser("import", help="import reference traces (JSON files, folders) or a cota-mantis .jsonl export")
     import_.add_argument("paths", nargs="+", metavar="PATH")
     return parser
@@ -267,21 +271,31 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from taco_app.store.db import Store
-    from taco_app.store.export import export
+    from taco_app.store.export import check_dataset_name, export
+    from taco_app.store.export.hub import PushError, check_repo, push_to_hub
 
     try:
-        result = export(Store.open(), args.out, args.format, rating=args.rating,
-                        corrected_only=args.corrected_only, since=args.since, force=args.force)
-    except ValueError as err:  # a non-empty folder, a bad date, a refused image path
+        check_dataset_name(args.dataset_name)
+        if args.push_to_hub:
+            check_repo(args.push_to_hub)
+        result = export(Store.open(), args.out, args.format, rating=args.rating, corrected_only=args.corrected_only,
+                        since=args.since, force=args.force, dataset=args.dataset_name)
+    except ValueError as err:  # a non-empty folder, a bad date or name, a refused image path
         raise UsageError(str(err)) from None
     except OSError as err:  # a full disk, no write permission: the earlier files are left whole
         print(f"error: cannot write the export: {err.strerror or err} ({err.filename or args.out})", file=sys.stderr)
         return 1
-    print(f"exported {result.count} session(s) as {args.format}")
+    print(result.summary(args.format))
     for path in result.files:
         print(f"  {path}")
     if result.skipped:
-        print(f"skipped {len(result.skipped)} session(s):", *result.skipped, sep="\n  ", file=sys.stderr)
+        print(f"left out {len(result.skipped)} session(s):", *result.skipped, sep="\n  ", file=sys.stderr)
+    if args.push_to_hub:
+        try:
+            print(f"pushed to {push_to_hub(Path(args.out), args.push_to_hub)}")
+        except PushError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

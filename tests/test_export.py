@@ -13,6 +13,7 @@ import pytest
 
 from taco_app.cota.parser import ParsedStep, parse
 from taco_app.cota.traces import load_trace
+from taco_app.cota.training import inference_text
 from taco_app.store.db import Store
 from taco_app.store.export import export
 from taco_app.store.importer import import_jsonl, import_trace
@@ -33,13 +34,28 @@ def _traces(reference: Path) -> list[Path]:
 
 
 def _rows(folder: Path) -> list[dict]:
+    """The rows of an export: ``data.json`` (one JSON array) or ``data.jsonl`` (one row a line)."""
+    if (folder / "data.json").exists():
+        return json.loads((folder / "data.json").read_text("utf-8"))
     return [json.loads(line) for line in (folder / "data.jsonl").read_text("utf-8").splitlines()]
 
 
+def _provenance(folder: Path) -> dict[str, dict]:
+    return {p["id"]: p for p in map(json.loads, (folder / "provenance.jsonl").read_text("utf-8").splitlines())}
+
+
 def _texts(row: dict) -> list[tuple[str, str]]:
+    """The row's turns as the model read them (the training rows' goal and part whitespace undone)."""
     if "conversation" in row:
-        return [(m["role"], m["content"]) for m in row["conversation"]]
-    return [({"human": "user", "gpt": "assistant"}[m["from"]], m["value"]) for m in row["conversations"]]
+        turns = [(m["role"], m["content"]) for m in row["conversation"]]
+    else:
+        turns = [({"human": "user", "gpt": "assistant"}[m["from"]], m["value"]) for m in row["conversations"]]
+    return [(role, inference_text(text, first=i == 0) if role == "user" else text) for i, (role, text) in enumerate(turns)]
+
+
+def _session_id(row_id: str) -> str:
+    assert row_id.startswith("taco-studio-")
+    return row_id[len("taco-studio-"):]
 
 
 def _add_feedback(store: Store, session_id: str, **fields) -> None:
@@ -74,7 +90,7 @@ def test_round_trip_of_the_reference_traces(store, reference, tmp_path):
         if fmt == "cota-llava":
             assert all(r["choice_list"] is None and r["metadata"]["dataset"] == "taco-studio" for r in rows)
     # The rebuilt conversations are the traces, turn for turn.
-    by_id = {row["id"]: row for row in _rows(tmp_path / "cota-mantis")}
+    by_id = {_session_id(row["id"]): row for row in _rows(tmp_path / "cota-mantis")}
     for session_id, path in zip(ids, traces):
         expected = [(t.role, t.text) for t in load_trace(path).turns]
         assert _texts(by_id[session_id]) == expected, path.name
@@ -91,17 +107,23 @@ def test_our_export_imports_back(store, reference, tmp_path):
     other = Store(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "other-images")
     assert len(import_jsonl(other, tmp_path / "a" / "data.jsonl").imported) == 5
     export(other, tmp_path / "b", "cota-mantis")
-    strip = lambda rows: sorted(json.dumps([r["conversation"], r["images"], r["metadata"]["model"]]) for r in rows)  # ids are new
-    assert strip(_rows(tmp_path / "a")) == strip(_rows(tmp_path / "b"))
+    # The same rows, and each row's model comes back from the provenance sidecar.
+    strip = lambda folder: sorted(json.dumps([r["conversation"], r["images"], r["metadata"], _provenance(folder)[r["id"]]["model"]])
+                                  for r in _rows(folder))
+    assert strip(tmp_path / "a") == strip(tmp_path / "b")
+    assert {p["model"] for p in _provenance(tmp_path / "b").values()} == {"TACO-Llama3-SigLIP"}
 
 
 def test_the_same_database_gives_the_same_bytes(store, reference, tmp_path):
+    from taco_app.store.export import FORMATS
+
     _import_some(store, reference, 10)
-    for fmt in ("cota-mantis", "cota-llava"):
+    for fmt in FORMATS:
         export(store, tmp_path / f"{fmt}-1", fmt)
         export(store, tmp_path / f"{fmt}-2", fmt)
-        for name in ("data.jsonl", "README.md"):
-            assert (tmp_path / f"{fmt}-1" / name).read_bytes() == (tmp_path / f"{fmt}-2" / name).read_bytes()
+        first, second = ({p.relative_to(tmp_path / f"{fmt}-{n}"): p.read_bytes() for p in (tmp_path / f"{fmt}-{n}").rglob("*")
+                          if p.is_file()} for n in (1, 2))
+        assert first == second and len(first) >= 12  # every file: data, sidecar, card, images
 
 
 def test_corrections_and_filters(store, reference, tmp_path):
@@ -112,17 +134,19 @@ def test_corrections_and_filters(store, reference, tmp_path):
     _add_feedback(store, ids[2], rating="down")  # the latest rating counts
 
     export(store, tmp_path / "all", "cota-mantis")
-    rows = {r["id"]: r for r in _rows(tmp_path / "all")}
+    rows = {_session_id(r["id"]): r for r in _rows(tmp_path / "all")}
     last = parse(rows[ids[0]]["conversation"][-1]["content"])
     assert last.action.as_dict() == {"name": "Terminate", "arguments": {"answer": "forty-two"}}
     assert '"answer":"forty-two"' in rows[ids[0]]["conversation"][-1]["content"]  # compact, as TACO writes
-    assert rows[ids[0]]["metadata"]["corrected"] is True
+    provenance = _provenance(tmp_path / "all")
+    assert provenance[f"taco-studio-{ids[0]}"]["corrections"] == {"answer": "forty-two", "steps": {}}
+    assert provenance[f"taco-studio-{ids[2]}"]["rating"] == "down"
 
-    assert [r["id"] for r in _rows(tmp_path / "all")] == ids  # (created_at, id) order: import order
+    assert [_session_id(r["id"]) for r in _rows(tmp_path / "all")] == ids  # (created_at, id) order: import order
     assert export(store, tmp_path / "corrected", "cota-mantis", corrected_only=True).count == 1
-    assert [r["id"] for r in _rows(tmp_path / "corrected")] == [ids[0]]
+    assert [_session_id(r["id"]) for r in _rows(tmp_path / "corrected")] == [ids[0]]
     assert export(store, tmp_path / "up", "cota-llava", rating="up").count == 1
-    assert [r["sample_id"] for r in _rows(tmp_path / "up")] == [ids[1]]
+    assert [_session_id(r["sample_id"]) for r in _rows(tmp_path / "up")] == [ids[1]]
     assert export(store, tmp_path / "future", "cota-mantis", since="2999-01-01").count == 0
     assert export(store, tmp_path / "past", "cota-mantis", since="2000-01-01").count == 4
     # A dry run counts the same sessions and writes nothing (the export tab shows this count).
@@ -134,9 +158,9 @@ def test_corrections_and_filters(store, reference, tmp_path):
 
 def test_a_format_is_one_object_in_the_registry(store, reference, tmp_path, monkeypatch):
     """The exporter chooses, rebuilds and writes; a format only turns one session into one row."""
-    from taco_app.store.export import FORMATS, Sample
+    from taco_app.store.export import FORMATS, ExportFormat, Sample
 
-    class SessionIds:
+    class SessionIds(ExportFormat):
         name, like = "session-ids", "a list of session ids"
 
         def row(self, sample: Sample) -> dict:
@@ -148,16 +172,24 @@ def test_a_format_is_one_object_in_the_registry(store, reference, tmp_path, monk
     assert export(store, tmp_path / "ids", "session-ids").count == 2
     rows = _rows(tmp_path / "ids")
     assert [r["id"] for r in rows] == ids and all(r["images"][0].startswith("images/") for r in rows)
-    assert "`session-ids` (rows like `a list of session ids`)" in (tmp_path / "ids" / "README.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "ids").iterdir()) == ["README.md", "data.jsonl", "images", "provenance.jsonl"]
+    assert "as `session-ids` training rows (like `a list of session ids`)" in (tmp_path / "ids" / "README.md").read_text()
 
 
 def test_a_corrected_step_replaces_the_assistant_turn(store, reference, tmp_path):
+    """A correction of the thought keeps the action, so the observation that follows is still its own."""
     (session_id,) = _import_some(store, reference, 1)
-    fixed = {"thought": "Look closer.", "actions": [{"name": "OCR", "arguments": {"image": "image-0"}}]}
+    original = parse(_rows_of(store, tmp_path)[0]["conversation"][1]["content"])
+    fixed = {"thought": "Look closer.", "actions": [original.action.as_dict()]}
     _add_feedback(store, session_id, step=1, corrected_step=fixed)
     export(store, tmp_path / "out", "cota-mantis")
     (row,) = _rows(tmp_path / "out")
     assert row["conversation"][1]["content"] == json.dumps(fixed, separators=(",", ":"))
+
+
+def _rows_of(store: Store, tmp_path: Path) -> list[dict]:
+    export(store, tmp_path / "before", "cota-mantis")
+    return _rows(tmp_path / "before")
 
 
 def test_a_non_empty_folder_is_refused_unless_forced(store, reference, tmp_path):
@@ -205,15 +237,23 @@ def test_the_command_line(reference, tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([*app, "export", "--format", "cota-llava", "--out", str(out)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "exported 2 session(s)" in done.stdout and str(out / "data.jsonl") in done.stdout
+    assert "exported 2 session(s)" in done.stdout and str(out / "data.json") in done.stdout
     assert len(_rows(out)) == 2
     done = subprocess.run([*app, "export", "--format", "cota-llava", "--out", str(out)], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("error:") and len(done.stderr.strip().splitlines()) == 1
     done = subprocess.run([*app, "export", "--format", "cota-mantis", "--out", str(tmp_path / "o2"), "--since", "yesterday"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "YYYY-MM-DD" in done.stderr
-    done = subprocess.run([*app, "import", str(out / "data.jsonl")], env=env, capture_output=True, text=True)
-    assert done.returncode == 0 and "imported 2 session(s)" in done.stdout, done.stderr
+    mantis = tmp_path / "mantis"
+    done = subprocess.run([*app, "export", "--format", "cota-mantis", "--out", str(mantis), "--dataset-name", "my-set"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and all(r["id"].startswith("my-set-") for r in _rows(mantis)), done.stderr
+    assert {r["metadata"]["dataset"] for r in _rows(mantis)} == {"my-set"}
+    done = subprocess.run([*app, "export", "--format", "cota-mantis", "--out", str(tmp_path / "o3"), "--dataset-name", "a b/c"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "--dataset-name" in done.stderr and not (tmp_path / "o3").exists()
+    done = subprocess.run([*app, "import", str(mantis / "data.jsonl")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "2 already stored" in done.stdout, done.stdout + done.stderr
 
 
 # --- an export replaces the files of an earlier one whole, or not at all ------------------------

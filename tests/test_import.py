@@ -186,7 +186,7 @@ BAD_TRACES = {
     "model 10k characters": (json.dumps(_trace_data(model="m" * 10_000)), "'model' must be a text (at most 512"),
     "an image that is a folder": (json.dumps(_trace_data(image=".")), "not a regular file (a folder)"),
     "messages a string": (json.dumps({"model": "m", "messages": "hello"}), "'messages' list"),
-    "a list": ("[1, 2]", "'messages' list"),
+    "a list": ("[1, 2]", "a JSON array, not a trace"),
     "200k deep": ('{"model": "m", "messages": ' + _deep(200_000) + "}", "nested too deeply"),
     "not JSON": ("{", "not JSON"),
     "not UTF-8": (b'{"model": "\xff"}', "not UTF-8"),

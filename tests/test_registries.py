@@ -12,7 +12,7 @@ from taco_app.backends import BACKENDS, BackendKind
 from taco_app.cota.actions import Action, step_text
 from taco_app.cota.backend import Backend
 from taco_app.store.db import Store
-from taco_app.store.export import FORMATS, Sample
+from taco_app.store.export import FORMATS, ExportFormat, Sample
 
 
 class Echo(Backend):
@@ -28,7 +28,7 @@ class Echo(Backend):
         yield step_text("Saying it.", Action("Terminate", {"answer": self.answer}))
 
 
-class Questions:
+class Questions(ExportFormat):
     name, like = "questions", "one question per row"
 
     def row(self, sample: Sample) -> dict:

@@ -160,6 +160,17 @@ def assistant_turn(raw_output: str) -> Turn:
     return Turn("assistant", [raw_output])
 
 
+def text_turn(role: Literal["user", "assistant"], text: str, image_ids: list[str]) -> Turn:
+    """A turn from its text with ``<image>`` placeholders, the images being ``image_ids`` in order."""
+    pieces = text.split(IMAGE_TOKEN)
+    if len(pieces) - 1 != len(image_ids):
+        raise ValueError(f"{len(pieces) - 1} <image> placeholders but {len(image_ids)} images")
+    parts: list[Part] = [pieces[0]]
+    for image_id, piece in zip(image_ids, pieces[1:]):
+        parts += [ImagePart(image_id), piece]
+    return Turn(role, _merge(parts))
+
+
 def observation_turn(output: dict[str, Any]) -> Turn:
     """``OBSERVATION:`` + ``str()`` of the output with sorted keys; images as ``'image-k: <image>'``.
 

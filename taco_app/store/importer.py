@@ -38,10 +38,12 @@ from typing import Any, Callable
 from PIL import Image
 
 from taco_app.cota import events as ev
-from taco_app.cota.prompt import IMAGE_TOKEN, ImagePart, Part, Turn
+from taco_app.cota.prompt import IMAGE_TOKEN, Turn, text_turn
+from taco_app.cota.training import inference_text, is_training_text
 from taco_app.cota.traces import Conversation, TraceFormatError, parse_trace
 from taco_app.media import ImageLoadError, identify_image
 from taco_app.store.codec import conversation_events
+from taco_app.store.export.card import PROVENANCE
 from taco_app.store.reading import Unreadable, kind, lines, open_regular, read_regular
 from taco_app.store.recorder import Provenance
 from taco_app.store.schema import SessionRow
@@ -120,6 +122,7 @@ def import_paths(store: Any, paths: list[str | Path]) -> ImportReport:
     report = ImportReport()
     for path in check_paths(paths):
         items = sorted([*path.glob("*.json"), *path.glob("*.jsonl")]) if path.is_dir() else [path]
+        items = [item for item in items if item.name != PROVENANCE]  # an export's sidecar: read with its rows
         for item in items:
             if item.suffix == ".jsonl":
                 report.extend(import_jsonl(store, item))
@@ -152,14 +155,33 @@ def import_jsonl(store: Any, path: str | Path) -> ImportReport:
         report.skip(str(path), err)
         return report
     base = path.parent.resolve()
+    models = _provenance_models(base / PROVENANCE)
     with file:
         for number, line in lines(file, MAX_ROW_BYTES):
             where = f"{path}:{number}"
             if line is None:
                 report.skip(where, f"the row is longer than the limit of {MAX_ROW_BYTES:,} bytes")
             elif line.strip():
-                _import_one(store, report, where, lambda line=line: _row_source(line, base))
+                _import_one(store, report, where, lambda line=line: _row_source(line, base, models))
     return report
+
+
+def _provenance_models(path: Path) -> dict[str, str]:
+    """Row id → model, from an export's provenance sidecar; what cannot be read is left out."""
+    try:
+        file = open_regular(path, MAX_EXPORT_BYTES)
+    except Unreadable:
+        return {}
+    models = {}
+    with file:
+        for _, line in lines(file, MAX_ROW_BYTES):
+            try:
+                entry = json.loads(line) if line else None
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("model"), str):
+                models[entry["id"]] = entry["model"]
+    return models
 
 
 def _import_one(store: Any, report: ImportReport, where: str, read: Callable[[], _Source]) -> None:
@@ -190,6 +212,8 @@ def _load_json(data: bytes) -> Any:
 
 def _trace_source(path: Path) -> _Source:
     data = _load_json(read_regular(path, MAX_TRACE_BYTES))
+    if isinstance(data, list):
+        raise TraceFormatError("a JSON array, not a trace: to import an export, import its cota-mantis data.jsonl")
     conversation = parse_trace(data, base_dir=path.parent)  # checks the messages and their parts
     return _Source(conversation, _model(data.get("model"), "'model'"),
                    {image_id: str(target) for image_id, target in conversation.image_paths.items()})
@@ -201,7 +225,7 @@ def _model(value: Any, name: str) -> str | None:
     raise TraceFormatError(f"{name} must be a text (at most {MAX_MODEL_CHARS} characters) or null")
 
 
-def _row_source(line: bytes, base: Path) -> _Source:
+def _row_source(line: bytes, base: Path, models: dict[str, str]) -> _Source:
     row = _load_json(line)
     if not isinstance(row, dict):
         raise TraceFormatError("a row is a JSON object")
@@ -221,9 +245,11 @@ def _row_source(line: bytes, base: Path) -> _Source:
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise TraceFormatError("'metadata' must be an object")
-    model = _model(metadata.get("model"), "'metadata.model'")
+    row_id = row.get("id", row.get("sample_id"))
+    model = metadata.get("model", models.get(row_id) if isinstance(row_id, str) else None)
+    model = _model(model, "'metadata.model'")
 
-    turns = _turns(messages)
+    turns = _turns(_as_inference(messages))
     placeholders = sum(len(turn.image_ids) for turn in turns)
     if placeholders != len(images):
         raise TraceFormatError(f"{placeholders} <image> placeholders but {len(images)} images")
@@ -247,20 +273,29 @@ def _messages(value: Any, key: str, role_key: str, text_key: str, roles: dict[st
     return messages
 
 
+def _as_inference(messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A training row's messages (the goal first, written part by part) as the model read them.
+
+    Rows written the way TACO's pipeline writes them (ours, Salesforce/cota-*) start with the goal;
+    older rows of ours are already in the model's text.
+    """
+    if not messages or messages[0][0] != "user" or not is_training_text(messages[0][1]):
+        return messages
+    try:
+        return [(role, inference_text(text, first=i == 0) if role == "user" else text)
+                for i, (role, text) in enumerate(messages)]
+    except ValueError as err:
+        raise TraceFormatError(f"a user turn is not written as training rows write them: {err}") from None
+
+
 def _turns(messages: list[tuple[str, str]]) -> list[Turn]:
     """An export's turns: every ``<image>`` is the next image, numbered in order over the whole row."""
     turns = []
     next_image = 0
     for role, text in messages:
-        parts: list[Part] = []
-        pieces = text.split(IMAGE_TOKEN)
-        for i, piece in enumerate(pieces):
-            if piece:
-                parts.append(piece)
-            if i < len(pieces) - 1:
-                parts.append(ImagePart(f"image-{next_image}"))
-                next_image += 1
-        turns.append(Turn(role, parts))
+        count = text.count(IMAGE_TOKEN)
+        turns.append(text_turn(role, text, [f"image-{next_image + k}" for k in range(count)]))
+        next_image += count
     return turns
 
 

@@ -1,37 +1,55 @@
-"""What an export format is: a name, what its rows look like, and one row per session."""
+"""What an export format is: a name, its data file, how trainers read it, and one row per session."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from taco_app.cota.prompt import Turn
 from taco_app.store.queries import LatestFeedback
 from taco_app.store.schema import SessionRow
 
-DATASET = "taco-studio"  # the rows' metadata.dataset
-
-
-class Turn(Protocol):
-    role: str  # "user" | "assistant"
-    text: str  # with TACO's <image> placeholders
+DATASET = "taco-studio"  # the default metadata.dataset and row-id prefix (``--dataset-name``)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One session, ready to be written as a row."""
+    """One session, ready to be written as a row.
 
+    ``turns`` are TACO's turns with people's corrections applied: user turns as the model read them
+    (:class:`~taco_app.cota.prompt.Turn`, images as parts), assistant turns holding one clean
+    target each (:func:`taco_app.cota.training.clean_target`). A format writes them its own way;
+    :func:`taco_app.cota.training.training_text` is how TACO's pipeline writes a user turn.
+    """
+
+    id: str  # the row's id: "<dataset>-<session id>", as TACO's pipeline names rows
+    dataset: str  # metadata.dataset
     session: SessionRow
-    turns: list[Turn]  # TACO's turns, people's corrections applied
+    turns: list[Turn]
     images: list[str]  # the images' paths in the export (``images/<sha256>.<ext>``), in placeholder order
     notes: LatestFeedback  # what people said of it
 
 
-class ExportFormat(Protocol):
-    """A training-data format: one module under ``store/export/`` and one entry in :data:`FORMATS`."""
+class ExportFormat:
+    """A training-data format: one module under ``store/export/`` and one entry in :data:`FORMATS`.
 
-    name: str  # what ``--format`` and the Export tab call it, e.g. "cota-mantis"
-    like: str  # the dataset its rows look like, for the dataset card, e.g. "Salesforce/cota-mantis"
+    A format turns one :class:`Sample` into one JSON row; the exporter chooses the sessions, copies
+    the images and writes the files. A format names its data file (``.jsonl``: one row a line;
+    ``.json``: one JSON array) and says, for the dataset card, how a trainer reads it.
+    """
+
+    name: str = ""  # what ``--format`` and the Export tab call it, e.g. "cota-mantis"
+    like: str = ""  # the dataset or format its rows look like, for the dataset card
+    data_file: str = "data.jsonl"  # "data.jsonl" or "data.json"
 
     def row(self, sample: Sample) -> dict[str, Any]:
-        """The session as one JSON row of ``data.jsonl``."""
-        ...
+        """The session as one JSON row."""
+        raise NotImplementedError
+
+    def files(self, dataset: str) -> dict[str, str]:
+        """Other files the export needs beside the data (name → text), e.g. a trainer's data config."""
+        return {}
+
+    def usage(self, dataset: str) -> str:
+        """Markdown for the dataset card: how to load the export and train on it."""
+        return ""

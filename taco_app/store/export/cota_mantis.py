@@ -1,28 +1,66 @@
-"""``cota-mantis``: rows like Salesforce/cota-mantis, the data TACO's Mantis checkpoints were trained on."""
+"""``cota-mantis``: rows like Salesforce/cota-mantis, the data TACO's Mantis checkpoints were trained on.
+
+A row is what TACO's pipeline (``convert_openai_data_to_mantis_format``) builds from the same
+conversation: the goal before the first user turn, every message written part by part, and
+``metadata`` exactly ``{dataset, task_instruction}``. Where a row came from is in the export's
+``provenance.jsonl``, keyed by the row's id.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from taco_app.store.export.base import DATASET, Sample
+from taco_app.cota.training import goal, training_text
+from taco_app.store.export.base import ExportFormat, Sample
+
+MANTIS_CONFIG = "mantis_data.yaml"
 
 
-class CotaMantis:
+def conversation(sample: Sample) -> list[dict[str, str]]:
+    """The row's turns as TACO's pipeline writes them: ``[{role, content}]``."""
+    return [{"role": turn.role, "content": training_text(turn, first=i == 0) if turn.role == "user" else turn.text}
+            for i, turn in enumerate(sample.turns)]
+
+
+class CotaMantis(ExportFormat):
     name = "cota-mantis"
     like = "Salesforce/cota-mantis"
+    data_file = "data.jsonl"
 
     def row(self, sample: Sample) -> dict[str, Any]:
-        session, notes = sample.session, sample.notes
         return {
-            "id": session.id,
+            "id": sample.id,
+            "conversation": conversation(sample),
+            "metadata": {"dataset": sample.dataset, "task_instruction": goal()},
             "images": sample.images,
-            "conversation": [{"role": t.role, "content": t.text} for t in sample.turns],
-            "metadata": {
-                "dataset": DATASET, "task_instruction": session.question, "model": session.model,
-                "backend": session.backend, "family": session.family,
-                "corrected": notes.corrected, "rating": notes.rating,
-            },
         }
+
+    def files(self, dataset: str) -> dict[str, str]:
+        return {MANTIS_CONFIG: (
+            "# Mantis data config (mantis/train/data.py, load_data_from_config): --data_config_file mantis_data.yaml\n"
+            "# `path` is read from the folder training starts in: start there, or make it absolute.\n"
+            "data:\n"
+            "  - path: data.jsonl\n"
+            f"    name: {dataset}\n"
+            "    split: train\n"
+            "    type: json\n"
+            "    format: chat\n"
+        )}
+
+    def usage(self, dataset: str) -> str:
+        return (
+            "Mantis (TIGER-AI-Lab/Mantis, the code TACO's Llama-3 checkpoints were trained with) reads the\n"
+            f"export through `{MANTIS_CONFIG}`; start training from this folder (or make `path` absolute):\n\n"
+            "```bash\n"
+            "cd EXPORT && python -m mantis.train.train_mllava --data_config_file mantis_data.yaml \\\n"
+            "    --model_name_or_path TIGER-Lab/Mantis-8B-siglip-llama3-pretraind --conv_template llama_3 ...\n"
+            "```\n\n"
+            "With `datasets`:\n\n"
+            "```python\n"
+            "from datasets import load_dataset\n"
+            "rows = load_dataset(\"json\", data_files=\"EXPORT/data.jsonl\", split=\"train\")\n"
+            "```\n"
+        )
 
 
 FORMAT = CotaMantis()

@@ -1,12 +1,13 @@
 """The exporter: which sessions, their conversations rebuilt, their images copied, the files written.
 
-Each finished session is rebuilt in TACO's turn format from its rows (people's corrections
-applied), its images are copied by content into ``DIR/images/<sha256>.<ext>``, and the rows (one
-per session, in the chosen format: :data:`~taco_app.store.export.formats.FORMATS`) go to
-``DIR/data.jsonl`` with a short dataset card in ``DIR/README.md``. The output carries no timestamps
-and sessions are ordered by (created_at, id), so the same database always gives the same bytes.
-Every file is written to a temp name beside it and renamed into place, so each one is whole: the
-new one, or the one it replaces.
+Each session the filters choose is rebuilt in TACO's turn format from its rows, people's
+corrections applied, or left out with a reason (:mod:`.rebuild`: clean targets only). Its images
+are copied by content into ``DIR/images/<sha256>.<ext>``; its row, in the chosen format
+(:data:`~taco_app.store.export.formats.FORMATS`), goes to the format's data file, where the row came
+from to ``DIR/provenance.jsonl``, and the dataset card to ``DIR/README.md`` (:mod:`.card`). The output
+carries no timestamps and sessions are ordered by (created_at, id), so the same database always gives
+the same bytes. Every file is written to a temp name beside it and renamed into place, so each one
+is whole: the new one, or the one it replaces.
 """
 
 from __future__ import annotations
@@ -14,28 +15,25 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from taco_app.cota.actions import compact_json, step_text
-from taco_app.cota.parser import ParsedStep, parse
-from taco_app.cota.prompt import IMAGE_TOKEN, assistant_turn, user_request
-from taco_app.store.export.base import ExportFormat, Sample
+from taco_app.store.export.base import DATASET, ExportFormat, Sample
+from taco_app.store.export.card import PROVENANCE, Counts, card, provenance
 from taco_app.store.export.formats import FORMATS
+from taco_app.store.export.rebuild import REASONS, Skip, rebuild
 from taco_app.store.files import atomic_writer, write_atomic
 from taco_app.store.queries import RATINGS, LatestFeedback
 from taco_app.store.schema import FeedbackRow, ImageRow, SessionRow
 
-LICENCE = (
-    "TACO's prompt format and checkpoints: CC-BY-NC-4.0 (SalesforceAIResearch/TACO); "
-    "images: as provided by the people who uploaded them"
-)
-_TOOL_IMAGE = re.compile(r"(image-\d+): " + re.escape(IMAGE_TOKEN))
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
 
 
@@ -43,7 +41,16 @@ _EXT = re.compile(r"^[a-z0-9]{1,8}$")
 class ExportResult:
     count: int
     files: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # "session id: why", for sessions that could not be exported
+    skipped: list[str] = field(default_factory=list)  # "session id: why", for each session left out
+    reasons: dict[str, int] = field(default_factory=dict)  # why (a key of REASONS) → sessions left out
+
+    def summary(self, fmt: str) -> str:
+        """One line: what was exported and how many sessions were left out, by reason."""
+        text = f"exported {self.count} session(s) as {fmt}"
+        if self.reasons:
+            why = ", ".join(f"{n} {REASONS[reason]}" for reason, n in sorted(self.reasons.items()))
+            text += f"; left out {sum(self.reasons.values())}: {why}"
+        return text
 
 
 @dataclass
@@ -51,8 +58,11 @@ class _Plan:
     """Everything to write, decided before anything is written."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
     copies: dict[str, Path] = field(default_factory=dict)  # relative target → source file
     skipped: list[str] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    models: Counter[str] = field(default_factory=Counter)
 
 
 def parse_since(since: str | None) -> float | None:
@@ -66,13 +76,23 @@ def parse_since(since: str | None) -> float | None:
     return day.replace(tzinfo=timezone.utc).timestamp()
 
 
+def check_dataset_name(name: str) -> str:
+    """A dataset name is also the rows' id prefix and a Hub repo's name: letters, digits, ``-_.``."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"--dataset-name must be 1-96 letters, digits, '-', '_' or '.', starting with a letter "
+                         f"or digit, not {name!r}")
+    return name
+
+
 def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | None = None,
-           corrected_only: bool = False, since: str | None = None, force: bool = False, dry_run: bool = False) -> ExportResult:
+           corrected_only: bool = False, since: str | None = None, force: bool = False, dry_run: bool = False,
+           dataset: str = DATASET) -> ExportResult:
     """Write the chosen sessions to ``out_dir``; ``dry_run`` only counts them (``out_dir`` unused)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if rating is not None and rating not in RATINGS:
         raise ValueError(f"rating must be one of {', '.join(RATINGS)}, not {rating!r}")
+    check_dataset_name(dataset)
     since_ts = parse_since(since)
     root = Path(out_dir if out_dir is not None else ".").resolve()
     if not dry_run:
@@ -82,17 +102,23 @@ def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | No
             raise ValueError(f"{root} is not empty; choose an empty folder or pass --force to overwrite")
 
     # Plan everything before writing anything: a refused image path leaves DIR untouched.
-    plan = _plan(store, root, FORMATS[fmt], since_ts, rating, corrected_only)
+    format_ = FORMATS[fmt]
+    plan = _plan(store, root, format_, dataset, since_ts, rating, corrected_only)
+    result = ExportResult(count=len(plan.rows), skipped=plan.skipped, reasons=dict(sorted(plan.reasons.items())))
     if dry_run:
-        return ExportResult(count=len(plan.rows), skipped=plan.skipped)
-    card = _card(FORMATS[fmt], len(plan.rows), len(plan.copies), rating, corrected_only, since)
-    return ExportResult(count=len(plan.rows), files=_write(root, plan, card), skipped=plan.skipped)
+        return result
+    filters = [f"rating = {rating}"] if rating else []
+    filters += ["corrected sessions only"] if corrected_only else []
+    filters += [f"created on or after {since}"] if since else []
+    counts = Counts(len(plan.rows), len(plan.copies), result.reasons, dict(plan.models))
+    texts = {**format_.files(dataset), "README.md": card(format_, dataset, counts, filters)}
+    return replace(result, files=_write(root, format_, plan, texts))
 
 
 # --- choosing and rebuilding --------------------------------------------------------------------
 
 
-def _plan(store: Any, root: Path, fmt: ExportFormat, since_ts: float | None, rating: str | None,
+def _plan(store: Any, root: Path, fmt: ExportFormat, dataset: str, since_ts: float | None, rating: str | None,
           corrected_only: bool) -> _Plan:
     sessions, feedback = _load(store, since_ts)
     plan = _Plan()
@@ -102,28 +128,22 @@ def _plan(store: Any, root: Path, fmt: ExportFormat, since_ts: float | None, rat
             continue
         if rating is not None and notes.rating != rating:
             continue
-        built = _conversation(session, notes)
-        if built is None:
-            plan.skipped.append(f"{session.id}: its conversation could not be rebuilt (no Terminate answer or step text)")
+        try:
+            rebuilt = rebuild(session, notes)
+            paths = _images(store, root, session, rebuilt.image_ids, plan.copies)
+        except Skip as skip:
+            plan.skipped.append(f"{session.id}: {skip}")
+            plan.reasons[skip.reason] += 1
             continue
-        turns, image_ids = built
-        by_id = {row.image_id: row for row in session.images}
-        paths = []
-        for image_id in image_ids:
-            if image_id not in by_id:
-                break
-            rel, source = _image_target(store, root, by_id[image_id])
-            plan.copies[rel] = source
-            paths.append(rel)
-        if len(paths) != len(image_ids):  # an image the text refers to is missing: not trainable
-            plan.skipped.append(f"{session.id}: an image its text refers to is not in the store")
-            continue
-        plan.rows.append(fmt.row(Sample(session, turns, paths, notes)))
+        sample = Sample(f"{dataset}-{session.id}", dataset, session, rebuilt.turns, paths, notes)
+        plan.rows.append(fmt.row(sample))
+        plan.provenance.append(provenance(sample))
+        plan.models[session.model or "unknown"] += 1
     return plan
 
 
 def _load(store: Any, since_ts: float | None) -> tuple[list[SessionRow], dict[str, list[FeedbackRow]]]:
-    query = (select(SessionRow).where(SessionRow.status == "finished")
+    query = (select(SessionRow)
              .options(selectinload(SessionRow.steps), selectinload(SessionRow.images))
              .order_by(SessionRow.created_at, SessionRow.id))
     if since_ts is not None:
@@ -137,46 +157,17 @@ def _load(store: Any, since_ts: float | None) -> tuple[list[SessionRow], dict[st
     return sessions, feedback
 
 
-def _conversation(session: SessionRow, notes: LatestFeedback) -> tuple[list[Any], list[str]] | None:
-    """The session's turns (corrections applied) and the image ids in placeholder order, or None."""
-    inputs = [row.image_id for row in session.images if row.role == "input"]
-    turns = [user_request(session.question, inputs)]
-    image_ids = list(inputs)
-    steps = list(session.steps)
-    if not steps:
-        return None
-    for position, step in enumerate(steps):
-        fix = notes.corrected_steps.get(step.index)
-        raw = step.raw if fix is None else (fix if isinstance(fix, str) else compact_json(fix))
-        last = position == len(steps) - 1
-        if last:
-            parsed = parse(raw)
-            if not (isinstance(parsed, ParsedStep) and parsed.action and parsed.action.is_final):
-                return None  # not an answered session: nothing to learn an ending from
-            if notes.corrected_answer is not None:
-                raw = step_text(parsed.thought, parsed.action.with_answer(notes.corrected_answer))
-        turns.append(assistant_turn(raw))
-        if last or step.observation is None:
-            continue
-        turns.append(_Text("user", step.observation))
-        image_ids += _observation_images(step.observation, step.image_ids or [])
-    return turns, image_ids
-
-
-@dataclass
-class _Text:
-    """A turn already in text form (observations are stored with their ``<image>`` placeholders)."""
-
-    role: str
-    text: str
-
-
-def _observation_images(text: str, produced: list[str]) -> list[str]:
-    count = text.count(IMAGE_TOKEN)
-    if len(produced) == count:
-        return list(produced)
-    named = _TOOL_IMAGE.findall(text)
-    return named if len(named) == count else named + ["?"] * (count - len(named))
+def _images(store: Any, root: Path, session: SessionRow, image_ids: list[str], copies: dict[str, Path]) -> list[str]:
+    """The export paths of the images, in order, each planned as a copy; :class:`Skip` if one is missing."""
+    by_id = {row.image_id: row for row in session.images}
+    if any(image_id not in by_id for image_id in image_ids):
+        raise Skip("missing-image")
+    paths = []
+    for image_id in image_ids:
+        rel, source = _image_target(store, root, by_id[image_id])
+        copies[rel] = source
+        paths.append(rel)
+    return paths
 
 
 def _image_target(store: Any, root: Path, row: ImageRow) -> tuple[str, Path]:
@@ -200,41 +191,44 @@ def _inside(root: Path, rel: str) -> Path:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _write(root: Path, plan: _Plan, card_text: str) -> list[Path]:
-    """The images, ``data.jsonl`` and the card, each whole; returns the two files written."""
+def _write(root: Path, fmt: ExportFormat, plan: _Plan, texts: dict[str, str]) -> list[Path]:
+    """The images, the data file, the provenance sidecar and the other files, each whole."""
     root.mkdir(parents=True, exist_ok=True)
     for rel, source in sorted(plan.copies.items()):
         target = _inside(root, rel)
         if not target.exists():
             write_atomic(target, source.read_bytes())
-    data, card = _inside(root, "data.jsonl"), _inside(root, "README.md")
+    data, sidecar = _inside(root, fmt.data_file), _inside(root, PROVENANCE)
+    others = {_inside(root, name): text for name, text in texts.items()}
     # Each file is written under a temp name and renamed into place, so a crash or a full disk
-    # leaves an earlier export's files whole (a --force export into it). Both are written before
-    # either is renamed: the window where the card and the data disagree is two renames long.
+    # leaves an earlier export's files whole (a --force export into it). All are written before
+    # any is renamed: the window where they disagree is a few renames long.
     writing = data
     try:
-        with atomic_writer(card, durable=True) as card_file, atomic_writer(data, durable=True) as data_file:
-            for r in plan.rows:  # streamed: an export of many sessions is never one string in memory
-                data_file.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
-            writing = card
-            card_file.write(card_text.encode("utf-8"))
+        with ExitStack() as stack:
+            data_file = stack.enter_context(atomic_writer(data, durable=True))
+            _rows(data_file, plan.rows, array=fmt.data_file.endswith(".json"))
+            writing = sidecar
+            _rows(stack.enter_context(atomic_writer(sidecar, durable=True)), plan.provenance, array=False)
+            for path, text in others.items():
+                writing = path
+                stack.enter_context(atomic_writer(path, durable=True)).write(text.encode("utf-8"))
     except OSError as err:
         if err.filename is None:  # a failed write() names no file: say which one, for the message
             err.filename = str(writing)
         raise
-    return [data, card]
+    return [data, sidecar, *others]
 
 
-def _card(fmt: ExportFormat, count: int, images: int, rating: str | None, corrected_only: bool, since: str | None) -> str:
-    filters = [f"rating = {rating}"] if rating else []
-    filters += ["corrected sessions only"] if corrected_only else []
-    filters += [f"created on or after {since}"] if since else []
-    return (
-        "# TACO Studio export\n\n"
-        f"- Format: `{fmt.name}` (rows like `{fmt.like}`), one row per line in `data.jsonl`\n"
-        f"- Rows: {count} finished sessions with a Terminate answer; {images} distinct images in `images/`\n"
-        f"- Filters: {', '.join(filters) if filters else 'none'}\n"
-        "- Corrections from feedback are applied (corrected steps and final answers)\n\n"
-        "## Licences\n\n"
-        f"{LICENCE}.\n"
-    )
+def _rows(file: BinaryIO, rows: list[dict[str, Any]], *, array: bool) -> None:
+    """One row a line (JSON Lines), or one JSON array with a row a line (what ``json.load`` reads).
+
+    Streamed: an export of many sessions is never one string in memory.
+    """
+    if array:
+        file.write(b"[\n" if rows else b"[")
+    for i, row in enumerate(rows):
+        end = (",\n" if i < len(rows) - 1 else "\n") if array else "\n"
+        file.write((json.dumps(row, ensure_ascii=False) + end).encode("utf-8"))
+    if array:
+        file.write(b"]\n")

@@ -1,0 +1,127 @@
+"""A stored session rebuilt as TACO's turns, with clean targets only, or the reason it cannot be.
+
+A training row teaches every assistant turn in it, so a row is only built from steps that are good
+targets with the observations that really followed them:
+
+- only ``finished`` sessions: a ``failed``, ``cancelled``, ``interrupted`` or ``max_steps`` session (or
+  one still ``running``) is skipped;
+- every reply must be a CoTA step in JSON (:func:`taco_app.cota.training.clean_target`); one that is
+  not, even if the model recovered later, skips the whole session, as TACO's pipeline drops it;
+- a person's correction of a step replaces the model's reply. It is kept only with an observation
+  that belongs to it: the observation is the one of the action that ran, so a correction whose
+  action differs from it (made in Review after the run) skips the session until it is re-run from
+  that step. An edit made at review time, before the action ran, is the action that ran. A
+  correction to ``Terminate`` ends the row there;
+- the row ends with a ``Terminate`` that carries an answer (a corrected answer replaces it).
+
+Skipping the whole session, rather than cutting the row before a bad step, keeps every row a whole
+answered conversation, like every row of TACO's own data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from taco_app.cota.actions import Action, compact_json, json_safe, step_text
+from taco_app.cota.parser import ParsedStep, parse
+from taco_app.cota.prompt import IMAGE_TOKEN, Turn, assistant_turn, text_turn, user_request
+from taco_app.cota.training import clean_target
+from taco_app.store.queries import LatestFeedback
+from taco_app.store.schema import SessionRow, StepRow
+
+_TOOL_IMAGE = re.compile(r"(image-\d+): " + re.escape(IMAGE_TOKEN))
+# Why a session is not exported: the summary counts sessions by these (reason → what it means).
+REASONS = {
+    "failed": "the session failed",
+    "cancelled": "the session was stopped",
+    "interrupted": "the session was interrupted",
+    "max_steps": "the session hit the step limit without an answer",
+    "running": "the session is still running",
+    "not-json": "a reply is not a CoTA step in JSON",
+    "bad-correction": "a correction is not a CoTA step in JSON",
+    "stale-observation": "a corrected step's action is not the one that ran: re-run it from that step",
+    "no-answer": "it does not end with a Terminate answer",
+    "missing-image": "an image its text refers to is not in the store",
+}
+
+
+class Skip(Exception):
+    """The session is not exported; ``reason`` is a key of :data:`REASONS`, ``detail`` says where."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{REASONS[reason]}{f' ({detail})' if detail else ''}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    turns: list[Turn]
+    image_ids: list[str]  # in placeholder order over the whole conversation
+
+
+def rebuild(session: SessionRow, notes: LatestFeedback) -> Rebuilt:
+    """The session's turns with corrections applied, or :class:`Skip`."""
+    if session.status != "finished":
+        raise Skip(session.status if session.status in REASONS else "failed")
+    inputs = [row.image_id for row in session.images if row.role == "input"]
+    turns, image_ids = [user_request(session.question, inputs)], list(inputs)
+    for step in session.steps:
+        target, action = _target(step, notes)
+        if action is not None and action.is_final:
+            if notes.corrected_answer is not None:
+                target = step_text(_thought(target), action.with_answer(notes.corrected_answer))
+            turns.append(assistant_turn(target))
+            return Rebuilt(turns, image_ids)
+        if step.observation is None:
+            break
+        turns.append(assistant_turn(target))
+        ids = _observation_images(step.observation, step.image_ids or [])
+        turns.append(text_turn("user", step.observation, ids))
+        image_ids += ids
+    raise Skip("no-answer")
+
+
+def _target(step: StepRow, notes: LatestFeedback) -> tuple[str, Action | None]:
+    """The step's assistant text as a clean target, and the action it asks for."""
+    fix = notes.corrected_steps.get(step.index)
+    if fix is None:
+        target = None if step.parse_error_code else clean_target(step.raw)
+        if target is None:
+            raise Skip("not-json", f"step {step.index}")
+        return target, _action(target)
+    target = clean_target(fix if isinstance(fix, str) else compact_json(fix))
+    if target is None:
+        raise Skip("bad-correction", f"step {step.index}")
+    action = _action(target)
+    ran = step.action if not step.parse_error_code else "did not run"
+    if not (action is not None and action.is_final) and _as_json(action) != ran:
+        raise Skip("stale-observation", f"step {step.index}")
+    return target, action
+
+
+def _action(target: str) -> Action | None:
+    parsed = parse(target)
+    return parsed.action if isinstance(parsed, ParsedStep) else None
+
+
+def _thought(target: str) -> str:
+    return json.loads(target)["thought"]
+
+
+def _as_json(action: Action | None) -> Any:
+    """An action as the step row stores the one that ran."""
+    return None if action is None else json_safe(action.as_dict())
+
+
+def _observation_images(text: str, produced: list[str]) -> list[str]:
+    """The ids of the images an observation shows, in order (the tool's images, as recorded)."""
+    count = text.count(IMAGE_TOKEN)
+    if len(produced) == count:
+        return list(produced)
+    named = _TOOL_IMAGE.findall(text)  # "'image-3: <image>'": the id is written beside the image
+    if len(named) == count:
+        return named
+    raise Skip("missing-image", "an observation's images are not all recorded")
