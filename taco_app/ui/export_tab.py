@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from taco_app.store.export import FORMATS, RATINGS, export
+from taco_app.store.export import FORMATS, RATINGS, REASONS, export
 from taco_app.ui import render
 from taco_app.ui.live import Owner, owner
 from taco_app.ui.studio import Studio
@@ -67,8 +67,11 @@ def _count_text(studio: Studio, *filters: Any) -> str:
         result = export(studio.store, None, dry_run=True, **_options(*filters))
     except ValueError as err:
         return f"**Cannot count:** {render.escape_text(err)}"
-    skipped = f" ({len(result.skipped)} cannot be exported)" if result.skipped else ""
-    return f"**{result.count}** session(s) match{skipped}."
+    text = f"**{result.count}** session(s) match."
+    if result.reasons:
+        text += f" {sum(result.reasons.values())} left out, for training rows hold clean targets only:\n" + "\n".join(
+            f"- {n} × {REASONS[reason]}" for reason, n in sorted(result.reasons.items()))
+    return text
 
 
 def _zip_export(studio: Studio, cache: Path, work: Path, *filters: Any) -> str:
@@ -85,7 +88,7 @@ def _zip_export(studio: Studio, cache: Path, work: Path, *filters: Any) -> str:
     cache.mkdir(parents=True, exist_ok=True)
     served = Path(tempfile.mkdtemp(prefix="export-", dir=cache))
     archive = shutil.make_archive(str(served / folder.name), "zip", root_dir=folder)
-    gr.Info(f"Exported {result.count} session(s).")
+    gr.Info(result.summary(filters[0]).capitalize() + ".")
     return archive
 
 

@@ -12,7 +12,9 @@ targets with the observations that really followed them:
   action differs from it (made in Review after the run) skips the session until it is re-run from
   that step. An edit made at review time, before the action ran, is the action that ran. A
   correction to ``Terminate`` ends the row there;
-- the row ends with a ``Terminate`` that carries an answer (a corrected answer replaces it).
+- the row ends with a ``Terminate`` that carries an answer (a corrected answer replaces it);
+- no text holds a chat template's control token (``<|eot_id|>``, ``<|im_end|>``, …): a trainer's
+  tokenizer would read it as markup and its labels would cover the wrong tokens.
 
 Skipping the whole session, rather than cutting the row before a bad step, keeps every row a whole
 answered conversation, like every row of TACO's own data.
@@ -44,8 +46,14 @@ REASONS = {
     "bad-correction": "a correction is not a CoTA step in JSON",
     "stale-observation": "a corrected step's action is not the one that ran: re-run it from that step",
     "no-answer": "it does not end with a Terminate answer",
+    "control-token": "its text holds a chat template's control token, which a trainer would read as markup",
     "missing-image": "an image its text refers to is not in the store",
 }
+
+
+# The chat templates' control tokens of the checkpoints' tokenizers (Llama-3: Mantis; Qwen2: LLaVA-OneVision).
+CONTROL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
 
 class Skip(Exception):
@@ -74,6 +82,7 @@ def rebuild(session: SessionRow, notes: LatestFeedback) -> Rebuilt:
             if notes.corrected_answer is not None:
                 target = step_text(_thought(target), action.with_answer(notes.corrected_answer))
             turns.append(assistant_turn(target))
+            _check_markup(turns)
             return Rebuilt(turns, image_ids)
         if step.observation is None:
             break
@@ -100,6 +109,16 @@ def _target(step: StepRow, notes: LatestFeedback) -> tuple[str, Action | None]:
     if not (action is not None and action.is_final) and _as_json(action) != ran:
         raise Skip("stale-observation", f"step {step.index}")
     return target, action
+
+
+def _check_markup(turns: list[Turn]) -> None:
+    """A ``<|eot_id|>`` in a thought or an OCR result is tokenized as the real end of a turn by the
+    Llama-3 and Qwen2 tokenizers, so the trainer's labels would shift; such a session is left out."""
+    for turn in turns:
+        text = turn.text
+        for token in CONTROL_TOKENS:
+            if token in text:
+                raise Skip("control-token", token)
 
 
 def _action(target: str) -> Action | None:
