@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 # Mantis's data.py has a regex written as a plain string ("\d"): Python warns when it compiles the vendored copy.
-pytestmark = [pytest.mark.store, pytest.mark.filterwarnings("ignore:invalid escape sequence")]
+pytestmark = pytest.mark.filterwarnings("ignore:invalid escape sequence")  # in the vendored code
 
 IMAGE = "<image>"
 IGNORE_INDEX = -100
