@@ -338,3 +338,37 @@ def test_an_export_that_fails_mid_write_keeps_the_earlier_files_and_leaves_no_te
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("error:") and "data.jsonl" in done.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp file left beside them
+
+
+# --- the export folder as the Hugging Face tooling reads it ---------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["cota-mantis", "cota-llava", "trl-sft"])
+def test_the_cards_loading_code_runs_as_written_and_the_folder_is_a_dataset_repository(store, reference, tmp_path, monkeypatch, fmt):
+    """The card's ``datasets`` code loads every row with its images decoded; ``load_dataset(FOLDER)``
+    reads the folder as a Hub dataset repository (its card's metadata names the data file)."""
+    import re
+
+    datasets = pytest.importorskip("datasets", reason="`datasets` is not installed: the Hugging Face load check is skipped")
+    from taco_app.store.export import FORMATS
+
+    if fmt not in FORMATS:
+        pytest.skip(f"{fmt} is not a format here")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    _import_some(store, reference, 3)
+    out = tmp_path / "out"
+    assert export(store, out, fmt).count == 3
+    card = (out / "README.md").read_text("utf-8")
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", card, re.S) if "load_dataset" in block]
+    scope: dict = {}
+    exec(code.replace('"EXPORT"', repr(str(out))), scope)
+    dataset = scope["dataset"]
+    column = "image" if fmt == "cota-llava" else "images"
+    assert dataset.num_rows == 3 and all(len(row[column]) >= 1 for row in dataset)
+    picture = dataset[0][column][0]
+    assert picture.size[0] > 0 and picture.convert("RGB").getpixel((0, 0)) is not None  # decoded from the file
+
+    card_data = __import__("huggingface_hub").DatasetCard.load(out / "README.md").data
+    assert card_data.license == "cc-by-nc-4.0" and card_data.configs[0]["data_files"][0]["path"] == FORMATS[fmt].data_file
+    repository = datasets.load_dataset(str(out), split="train")
+    assert repository.num_rows == 3

@@ -30,6 +30,23 @@ class Sample:
     notes: LatestFeedback  # what people said of it
 
 
+def loading_code(data_file: str, images: str) -> str:
+    """The card's code that loads an export with ``datasets``, its images decoded (``EXPORT``: the folder).
+
+    The rows' image paths are relative to the export folder, so they are joined to it before the
+    ``images`` column is cast to images. The tests run this text as it stands.
+    """
+    return (
+        "import os\n"
+        "from datasets import Image, List, load_dataset\n"
+        "\n"
+        "folder = \"EXPORT\"\n"
+        f"dataset = load_dataset(\"json\", data_files=os.path.join(folder, \"{data_file}\"), split=\"train\")\n"
+        f"dataset = dataset.map(lambda row: {{\"{images}\": [os.path.join(folder, path) for path in row[\"{images}\"]]}})\n"
+        f"dataset = dataset.cast_column(\"{images}\", List(Image()))\n"
+    )
+
+
 class ExportFormat:
     """A training-data format: one module under ``store/export/`` and one entry in :data:`FORMATS`.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from taco_app.cota.training import goal
-from taco_app.store.export.base import ExportFormat, Sample
+from taco_app.store.export.base import ExportFormat, Sample, loading_code
 from taco_app.store.export.cota_mantis import conversation
 
 _SPEAKERS = {"user": "human", "assistant": "gpt"}
@@ -38,11 +38,8 @@ class CotaLlava(ExportFormat):
             "python llava/train/train_mem.py --data_path EXPORT/data.json --image_folder EXPORT \\\n"
             "    --model_name_or_path lmms-lab/llava-onevision-qwen2-7b-si --version qwen_1_5 ...\n"
             "```\n\n"
-            "With `datasets`:\n\n"
-            "```python\n"
-            "from datasets import load_dataset\n"
-            "rows = load_dataset(\"json\", data_files=\"EXPORT/data.json\", split=\"train\")\n"
-            "```\n"
+            "With `datasets`, images decoded:\n\n"
+            f"```python\n{loading_code(self.data_file, 'image')}```\n"
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from taco_app.cota.training import goal, training_text
-from taco_app.store.export.base import ExportFormat, Sample
+from taco_app.store.export.base import ExportFormat, Sample, loading_code
 
 MANTIS_CONFIG = "mantis_data.yaml"
 
@@ -55,11 +55,8 @@ class CotaMantis(ExportFormat):
             "cd EXPORT && python -m mantis.train.train_mllava --data_config_file mantis_data.yaml \\\n"
             "    --model_name_or_path TIGER-Lab/Mantis-8B-siglip-llama3-pretraind --conv_template llama_3 ...\n"
             "```\n\n"
-            "With `datasets`:\n\n"
-            "```python\n"
-            "from datasets import load_dataset\n"
-            "rows = load_dataset(\"json\", data_files=\"EXPORT/data.jsonl\", split=\"train\")\n"
-            "```\n"
+            "With `datasets`, images decoded:\n\n"
+            f"```python\n{loading_code(self.data_file, 'images')}```\n"
         )
 
 
