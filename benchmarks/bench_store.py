@@ -131,12 +131,15 @@ def main() -> None:
 
     from taco_app.store.export import export
 
-    for fmt in ("cota-mantis", "cota-llava"):
+    from taco_app.store.export import FORMATS
+
+    for fmt in FORMATS:
         out = Path(tempfile.mkdtemp()) / fmt
         t0 = time.perf_counter()
         result = export(store, out, fmt)
         print(f"export {fmt}: {result.count} sessions in {time.perf_counter() - t0:.2f} s "
-              f"({len(result.skipped)} skipped), {(out / 'data.jsonl').stat().st_size / 1e6:.1f} MB")
+              f"({len(result.skipped)} left out: {result.reasons}), "
+              f"{(out / FORMATS[fmt].data_file).stat().st_size / 1e6:.1f} MB")
     sys.stdout.flush()
 
 
