@@ -372,3 +372,31 @@ def test_the_cards_loading_code_runs_as_written_and_the_folder_is_a_dataset_repo
     assert card_data.license == "cc-by-nc-4.0" and card_data.configs[0]["data_files"][0]["path"] == FORMATS[fmt].data_file
     repository = datasets.load_dataset(str(out), split="train")
     assert repository.num_rows == 3
+
+
+def test_push_to_hub_offline_fails_with_one_line_and_keeps_the_export(reference, tmp_path):
+    env = {**os.environ, "TACO_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    app = [sys.executable, str(ROOT / "app.py")]
+    done = subprocess.run([*app, "import", str(_traces(reference)[0])], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    done = subprocess.run([*app, "export", "--format", "cota-mantis", "--out", str(out), "--push-to-hub", "me/taco-data"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "exported 1 session(s)" in done.stdout
+    assert done.stderr.strip().splitlines() == [
+        "error: cannot push to the Hugging Face Hub (me/taco-data): the Hub cannot be reached (offline?); "
+        "the export is complete on disk: push it later"]
+    assert len(_rows(out)) == 1
+    # A repository id the Hub would refuse is refused before anything is exported.
+    done = subprocess.run([*app, "export", "--format", "cota-mantis", "--out", str(tmp_path / "o2"), "--push-to-hub", "a/b/c"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "--push-to-hub needs a repository id" in done.stderr and not (tmp_path / "o2").exists()
+
+
+def test_push_to_hub_without_a_network_says_so(tmp_path):
+    """In the test process every connection off this machine fails (the network guard)."""
+    from taco_app.store.export.hub import PushError, push_to_hub
+
+    (tmp_path / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n")
+    with pytest.raises(PushError, match=r"^cannot push to the Hugging Face Hub \(me/x\): the Hub cannot be reached"):
+        push_to_hub(tmp_path, "me/x")

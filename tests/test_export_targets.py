@@ -142,3 +142,16 @@ def test_the_skips_are_listed_with_the_step_that_caused_them(store, sessions):
                         "max_steps": "max_steps", "failed": "failed", "stale": "finished", "thought": "finished",
                         "to-terminate": "finished", "markup": "finished"}
     assert by_session[sessions["markup"]].endswith("(<|eot_id|>)")
+
+
+def test_review_says_when_a_correction_leaves_the_session_out_of_exports(store, sessions):
+    from types import SimpleNamespace
+
+    from taco_app.ui.review import _stale_warning
+
+    studio = SimpleNamespace(store=store)
+    another_action = {"thought": "multiply", "actions": [EDITED.as_dict()]}
+    assert "until it is run again from step 1" in _stale_warning(studio, sessions["good"], 1, another_action)
+    assert _stale_warning(studio, sessions["good"], 1, {**json.loads(CALC), "thought": "better"}) == ""  # same action
+    assert _stale_warning(studio, sessions["good"], 1, json.loads(DONE)) == ""  # ends the session there
+    assert _stale_warning(studio, sessions["edited"], 1, {"thought": "x", "actions": [EDITED.as_dict()]}) == ""  # what ran

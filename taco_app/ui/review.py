@@ -14,7 +14,9 @@ from typing import Any
 
 import gradio as gr
 
+from taco_app.cota.actions import Action
 from taco_app.store import codec, queries
+from taco_app.store.export.rebuild import keeps_observation
 from taco_app.ui import overlays, render
 from taco_app.ui.studio import Studio
 
@@ -240,10 +242,10 @@ def _wire_feedback(studio: Studio, page: ReviewPage) -> None:
     def fix_step(identifier, upto, text):
         _need(identifier)
         try:
-            queries.correct_step(studio.store, identifier, int(upto), text or "")
+            corrected = queries.correct_step(studio.store, identifier, int(upto), text or "")
         except ValueError as err:
             raise gr.Error(f"Step {int(upto)} was not saved: {err}")
-        return _saved(studio, identifier, f"Corrected step {int(upto)} saved.")
+        return _saved(studio, identifier, f"Corrected step {int(upto)} saved." + _stale_warning(studio, identifier, int(upto), corrected))
 
     page.save_step.click(fix_step, [*at, page.step_text], page.feedback)
 
@@ -255,6 +257,18 @@ def _wire_feedback(studio: Studio, page: ReviewPage) -> None:
         return _saved(studio, identifier, "Note saved.")
 
     page.save_note.click(keep_note, [*at, page.note], page.feedback)
+
+
+def _stale_warning(studio: Studio, identifier: str, step: int, corrected: dict[str, Any]) -> str:
+    """What a saved correction means for the exports, when its action is not the one that ran."""
+    trace = queries.get_trace(studio.store, identifier)
+    row = next((s for s in trace.steps if s["index"] == step), None) if trace else None
+    actions = corrected.get("actions") or []
+    action = Action.from_dict(actions[0]) if actions else None
+    if row is None or keeps_observation(action, row["action"], ran=not row["parse_error_code"]):
+        return ""
+    return (f" Its action is not the one that ran, so the observation after it belongs to the old action: "
+            f"exports leave this session out until it is run again from step {step}.")
 
 
 def _need(identifier: str | None) -> None:

@@ -105,10 +105,17 @@ def _target(step: StepRow, notes: LatestFeedback) -> tuple[str, Action | None]:
     if target is None:
         raise Skip("bad-correction", f"step {step.index}")
     action = _action(target)
-    ran = step.action if not step.parse_error_code else "did not run"
-    if not (action is not None and action.is_final) and _as_json(action) != ran:
+    if not keeps_observation(action, step.action, ran=not step.parse_error_code):
         raise Skip("stale-observation", f"step {step.index}")
     return target, action
+
+
+def keeps_observation(corrected: Action | None, action_that_ran: Any, *, ran: bool = True) -> bool:
+    """Whether a corrected step can be followed by the step's recorded observation: it asks for the
+    action that ran (an edit made before it ran, or a better thought), or it ends the session."""
+    if corrected is not None and corrected.is_final:
+        return True
+    return ran and _as_json(corrected) == action_that_ran
 
 
 def _check_markup(turns: list[Turn]) -> None:
