@@ -49,11 +49,16 @@ class CotaMantis(ExportFormat):
 
     def usage(self, dataset: str) -> str:
         return (
-            "Mantis (TIGER-AI-Lab/Mantis, the code TACO's Llama-3 checkpoints were trained with) reads the\n"
-            f"export through `{MANTIS_CONFIG}`; start training from this folder (or make `path` absolute):\n\n"
+            "Mantis (TIGER-AI-Lab/Mantis, the code TACO's Llama-3 checkpoints were trained with; TACO's\n"
+            "`mantis/train/scripts/train_mllava_siglip.sh`) reads the export through `mantis_data.yaml`, whose\n"
+            "`path` is relative to the folder training starts in. With Mantis installed (`pip install -e .`\n"
+            "in its clone, `MANTIS`):\n\n"
             "```bash\n"
-            "cd EXPORT && python -m mantis.train.train_mllava --data_config_file mantis_data.yaml \\\n"
-            "    --model_name_or_path TIGER-Lab/Mantis-8B-siglip-llama3-pretraind --conv_template llama_3 ...\n"
+            "cd EXPORT\n"
+            "accelerate launch --config_file MANTIS/mantis/train/accelerate_configs/accelerate_config_zero3.yaml \\\n"
+            "    MANTIS/mantis/train/train_mllava.py --model_name_or_path TIGER-Lab/Mantis-8B-siglip-llama3-pretraind \\\n"
+            "    --data_config_file mantis_data.yaml --conv_template llama_3 --max_seq_len 8192 --bf16 True \\\n"
+            "    --num_train_epochs 1 --learning_rate 1e-5 --per_device_train_batch_size 1 --output_dir OUT --do_train\n"
             "```\n\n"
             "With `datasets`, images decoded:\n\n"
             f"```python\n{loading_code(self.data_file, 'images')}```\n"
