@@ -41,7 +41,6 @@ from tests.vendor.llava_next import train
 from tests.vendor.llava_next.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from tests.vendor.llava_next.siglip_encoder import SigLipImageProcessor
 
-pytestmark = pytest.mark.store
 
 TEMPLATES = ("qwen_1_5", "llava_llama_3")  # --version; train() sets conversation_lib.default_conversation from it
 FAMILY = {"qwen_1_5": "qwen2", "llava_llama_3": "mantis"}  # which tiny tokenizer stands in for the checkpoint's

@@ -32,12 +32,19 @@ class CotaLlava(ExportFormat):
 
     def usage(self, dataset: str) -> str:
         return (
-            "LLaVA-NeXT (LLaVA-VL/LLaVA-NeXT `llava/train/train.py`, the code TACO's Qwen2 checkpoints were\n"
-            "trained with) reads `data.json` as it is:\n\n"
+            "LLaVA-NeXT (LLaVA-VL/LLaVA-NeXT `llava/train/train_mem.py`, the code TACO's Qwen2 checkpoints were\n"
+            "trained with; TACO's `llava/scripts/train/finetune_onevision_from_mid_stage.sh`) reads `data.json`\n"
+            "as it is, with the images under `--image_folder`:\n\n"
             "```bash\n"
-            "python llava/train/train_mem.py --data_path EXPORT/data.json --image_folder EXPORT \\\n"
-            "    --model_name_or_path lmms-lab/llava-onevision-qwen2-7b-si --version qwen_1_5 ...\n"
+            "torchrun --nproc_per_node=8 llava/train/train_mem.py --deepspeed scripts/zero3.json \\\n"
+            "    --model_name_or_path lmms-lab/llava-onevision-qwen2-7b-mid-stage-a4 --version qwen_1_5 \\\n"
+            "    --data_path EXPORT/data.json --image_folder EXPORT \\\n"
+            "    --vision_tower google/siglip-so400m-patch14-384 --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 \\\n"
+            "    --mm_use_im_start_end False --mm_use_im_patch_token False --mm_patch_merge_type spatial_unpad \\\n"
+            "    --image_aspect_ratio anyres_max_9 --image_grid_pinpoints \"(1x1),...,(6x6)\" \\\n"
+            "    --mm_tunable_parts mm_mlp_adapter,mm_language_model --bf16 True --output_dir OUT ...\n"
             "```\n\n"
+            "`--version llava_llama_3` reads it the same way for a Llama-3 language model.\n\n"
             "With `datasets`, images decoded:\n\n"
             f"```python\n{loading_code(self.data_file, 'image')}```\n"
         )
