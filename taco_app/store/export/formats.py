@@ -6,5 +6,6 @@ from __future__ import annotations
 from taco_app.store.export.base import ExportFormat
 from taco_app.store.export.cota_llava import FORMAT as COTA_LLAVA
 from taco_app.store.export.cota_mantis import FORMAT as COTA_MANTIS
+from taco_app.store.export.trl_sft import FORMAT as TRL_SFT
 
-FORMATS: dict[str, ExportFormat] = {fmt.name: fmt for fmt in (COTA_MANTIS, COTA_LLAVA)}  # the first is the default
+FORMATS: dict[str, ExportFormat] = {fmt.name: fmt for fmt in (COTA_MANTIS, COTA_LLAVA, TRL_SFT)}  # the first is the default
