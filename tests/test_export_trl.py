@@ -19,7 +19,6 @@ from taco_app.store.export.trl_sft import LOAD, TRAIN, user_content
 from taco_app.store.queries import LatestFeedback
 from taco_app.store.schema import SessionRow
 
-pytestmark = pytest.mark.store
 
 trl_data = pytest.importorskip("trl.data_utils", reason="`trl` is not installed: the TRL checks are skipped")
 

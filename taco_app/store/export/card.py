@@ -97,11 +97,11 @@ def card(fmt: ExportFormat, dataset: str, counts: Counts, filters: list[str]) ->
         "",
         "## Rows",
         "",
-        "Each row is what TACO's data pipeline (SalesforceAIResearch/CoTA) builds from the same conversation: "
-        "the goal before the first user turn, every message written part by part (a text part and a newline, "
-        "an image as `<image>` and a newline), and assistant turns as compact JSON steps. One difference: the "
-        "pipeline deletes every `json` substring from assistant turns, which corrupts a thought that mentions "
-        "JSON; these rows keep it.",
+        "Each row holds the text of the row TACO's data pipeline (SalesforceAIResearch/CoTA) builds from the same "
+        "conversation: the goal before the first user turn, every message written part by part (a text part and "
+        "a newline, an image as `<image>` and a newline; in `trl-sft` rows an image part stands there instead), "
+        "and assistant turns as compact JSON steps. One difference: the pipeline deletes every `json` substring "
+        "from assistant turns, which corrupts a thought that mentions JSON; these rows keep it.",
         "",
         "## Training",
         "",
