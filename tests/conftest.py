@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
@@ -76,6 +77,31 @@ def reference() -> Path:
     if not (REFERENCE / "traces").is_dir():
         pytest.skip(f"TACO reference data not found at {REFERENCE} (set TACO_REFERENCE to its folder)")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def reference_exports(reference, tmp_path_factory):
+    """Every reference trace imported once into an SQLite store of its own; ``export(fmt)`` is its
+    export in that format (made once, then shared: do not write into it) and ``ids`` maps each
+    trace's name to its session id."""
+    from taco_app.store.db import Store
+    from taco_app.store.export import export
+    from taco_app.store.importer import import_trace
+
+    tmp = tmp_path_factory.mktemp("reference-exports")
+    store = Store(f"sqlite:///{tmp / 'taco.db'}", tmp / "images")
+    ids = {path.stem: import_trace(store, path) for path in sorted((reference / "traces").glob("*.json"))}
+    folders: dict[str, Path] = {}
+
+    def exported(fmt: str) -> Path:
+        if fmt not in folders:
+            result = export(store, tmp / fmt, fmt)
+            assert result.count == len(ids), result.skipped
+            folders[fmt] = tmp / fmt
+        return folders[fmt]
+
+    yield SimpleNamespace(ids=ids, export=exported)
+    store.close()
 
 
 def run_loop(question, images, backend, **kwargs) -> Iterator[ev.Event]:

@@ -277,21 +277,10 @@ def check_labels(reading: Reading, i: int, row: dict[str, Any]) -> tuple[int, in
 
 
 @pytest.fixture(scope="module")
-def export_dir(reference, tmp_path_factory) -> Path:
-    """All reference traces imported into a fresh store and exported as cota-llava."""
-    from taco_app.store.db import Store
-    from taco_app.store.export import export
-    from taco_app.store.importer import import_trace
-
-    tmp = tmp_path_factory.mktemp("llava-export")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TACO_HOME", str(tmp / "taco-home"))
-        patch.delenv("TACO_DB_URL", raising=False)
-        store = Store(f"sqlite:///{tmp / 'taco.db'}", tmp / "images")
-        ids = [import_trace(store, path) for path in sorted((reference / "traces").glob("*.json"))]
-        out = tmp / "export"
-        export(store, out, "cota-llava")
-    assert len(ids) == 132 and (out / "data.json").is_file()
+def export_dir(reference_exports) -> Path:
+    """All reference traces exported as cota-llava."""
+    out = reference_exports.export("cota-llava")
+    assert (out / "data.json").is_file()
     return out
 
 

@@ -83,20 +83,9 @@ def processor(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def export_dir(reference, tmp_path_factory) -> Path:
-    """A cota-mantis export of every reference trace, imported into a fresh store."""
-    from taco_app.store.db import Store
-    from taco_app.store.export import export
-    from taco_app.store.importer import import_trace
-
-    tmp = tmp_path_factory.mktemp("mantis-export")
-    started = time.perf_counter()
-    store = Store(f"sqlite:///{tmp / 'taco.db'}", tmp / "images")
-    ids = [import_trace(store, path) for path in sorted((reference / "traces").glob("*.json"))]
-    result = export(store, tmp / "out", "cota-mantis")
-    print(f"\nimported {len(ids)} traces and exported {result.count} rows in {time.perf_counter() - started:.1f}s")
-    assert len(ids) == result.count == 132, result.skipped
-    return tmp / "out"
+def export_dir(reference_exports) -> Path:
+    """A cota-mantis export of every reference trace."""
+    return reference_exports.export("cota-mantis")
 
 
 def llama_3():

@@ -15,29 +15,20 @@ from PIL import Image
 
 from taco_app.cota.prompt import user_request
 from taco_app.cota.training import goal, inference_text, training_text
-from taco_app.store.db import Store
-from taco_app.store.export import export
-from taco_app.store.importer import import_trace
 from tests.vendor.cota import data_utils as cota
 
 GOLDEN = {"TACO-Llama3-SigLIP-125", "TACO-Qwen2-SigLIP-21"}
 
 
 @pytest.fixture(scope="module")
-def exported(reference, tmp_path_factory) -> dict:
-    """All reference traces imported once and exported in both CoTA formats."""
-    tmp = tmp_path_factory.mktemp("pipeline")
-    store = Store(f"sqlite:///{tmp / 'taco.db'}", tmp / "images")
-    traces = sorted((reference / "traces").glob("*.json"))
-    ids = {path.stem: import_trace(store, path) for path in traces}
-    out = {fmt: tmp / fmt for fmt in ("cota-mantis", "cota-llava")}
-    for fmt, folder in out.items():
-        assert export(store, folder, fmt).count == len(traces)
+def exported(reference, reference_exports) -> dict:
+    """All reference traces exported in both CoTA formats."""
+    out = {fmt: reference_exports.export(fmt) for fmt in ("cota-mantis", "cota-llava")}
     mantis = [json.loads(line) for line in (out["cota-mantis"] / "data.jsonl").read_text("utf-8").splitlines()]
     llava = json.loads((out["cota-llava"] / "data.json").read_text("utf-8"))  # one JSON array, as CoTA writes it
-    store.close()
-    return {"traces": {p.stem: p for p in traces}, "ids": ids, "out": out,
-            "cota-mantis": {row["id"]: row for row in mantis}, "cota-llava": {row["sample_id"]: row for row in llava}}
+    return {"traces": {p.stem: p for p in sorted((reference / "traces").glob("*.json"))}, "ids": reference_exports.ids,
+            "out": out, "cota-mantis": {row["id"]: row for row in mantis},
+            "cota-llava": {row["sample_id"]: row for row in llava}}
 
 
 def _pipeline_rows(trace: Path, session_id: str) -> tuple[dict, dict]:

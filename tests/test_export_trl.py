@@ -84,23 +84,13 @@ def _sample() -> Sample:
 
 
 @pytest.fixture(scope="module")
-def exports(reference, tmp_path_factory) -> dict:
-    """All reference traces in one store, exported as trl-sft and as cota-mantis."""
-    from taco_app.store.db import Store
-    from taco_app.store.export import export
-    from taco_app.store.importer import import_trace
-
-    tmp = tmp_path_factory.mktemp("trl-export")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TACO_HOME", str(tmp / "home"))
-        mp.delenv("TACO_DB_URL", raising=False)
-        store = Store(f"sqlite:///{tmp / 'taco.db'}", tmp / "images")
-        ids = [import_trace(store, path) for path in sorted((reference / "traces").glob("*.json"))]
-        results = {fmt: export(store, tmp / fmt, fmt) for fmt in ("trl-sft", "cota-mantis")}
-    assert len(ids) == 132 and all(r.count == 132 for r in results.values())
-    rows = {fmt: [json.loads(line) for line in (tmp / fmt / "data.jsonl").read_text("utf-8").splitlines()]
-            for fmt in results}
-    return {"dir": tmp / "trl-sft", "rows": rows["trl-sft"], "mantis": rows["cota-mantis"], "tmp": tmp}
+def exports(reference_exports, tmp_path_factory) -> dict:
+    """All reference traces exported as trl-sft and as cota-mantis."""
+    folders = {fmt: reference_exports.export(fmt) for fmt in ("trl-sft", "cota-mantis")}
+    rows = {fmt: [json.loads(line) for line in (folder / "data.jsonl").read_text("utf-8").splitlines()]
+            for fmt, folder in folders.items()}
+    return {"dir": folders["trl-sft"], "rows": rows["trl-sft"], "mantis": rows["cota-mantis"],
+            "tmp": tmp_path_factory.mktemp("trl")}
 
 
 @pytest.fixture(scope="module")
