@@ -155,3 +155,14 @@ def test_review_says_when_a_correction_leaves_the_session_out_of_exports(store, 
     assert _stale_warning(studio, sessions["good"], 1, {**json.loads(CALC), "thought": "better"}) == ""  # same action
     assert _stale_warning(studio, sessions["good"], 1, json.loads(DONE)) == ""  # ends the session there
     assert _stale_warning(studio, sessions["edited"], 1, {"thought": "x", "actions": [EDITED.as_dict()]}) == ""  # what ran
+
+
+def test_the_export_tab_counts_what_is_left_out_and_why(store, sessions):
+    from types import SimpleNamespace
+
+    from taco_app.ui.export_tab import _count_text
+
+    text = _count_text(SimpleNamespace(store=store), "trl-sft", "any", False, "")
+    assert text.startswith("**4** session(s) match. 6 left out (training rows hold clean targets only):\n")
+    assert "- 1 × a corrected step's action is not the one that ran: re-run it from that step" in text.splitlines()
+    assert len(text.splitlines()) == 7

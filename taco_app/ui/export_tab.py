@@ -69,7 +69,7 @@ def _count_text(studio: Studio, *filters: Any) -> str:
         return f"**Cannot count:** {render.escape_text(err)}"
     text = f"**{result.count}** session(s) match."
     if result.reasons:
-        text += f" {sum(result.reasons.values())} left out, for training rows hold clean targets only:\n" + "\n".join(
+        text += f" {sum(result.reasons.values())} left out (training rows hold clean targets only):\n" + "\n".join(
             f"- {n} × {REASONS[reason]}" for reason, n in sorted(result.reasons.items()))
     return text
 
