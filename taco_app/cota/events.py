@@ -70,6 +70,8 @@ class SessionStarted(Event):
     started_at: float = 0.0
     revision: str | None = None  # the checkpoint revision, when the backend knows it
     quantisation: str | None = None  # "4bit", "8bit", "none"; None when not a local checkpoint
+    parent_session_id: str | None = None  # a fork: the session whose first fork_step - 1 steps it starts with
+    fork_step: int | None = None
 
 
 @dataclass

@@ -45,7 +45,7 @@ def session_row(event: ev.SessionStarted, *, tool_versions: dict[str, Any],
         id=event.session_id, created_at=event.started_at or time.time(), question=event.question,
         backend=event.backend, model=event.model, family=event.family, status="running",
         revision=event.revision, quantisation=event.quantisation, tool_versions=tool_versions,
-        owner_host=host, owner_pid=pid,
+        owner_host=host, owner_pid=pid, parent_session_id=event.parent_session_id, fork_step=event.fork_step,
     )
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from sqlalchemy import Engine, inspect, select, text, update
 
-from taco_app.store.schema import Base, StepRow
+from taco_app.store.schema import Base, PreferenceRow, StepRow
 
 
 def _m001_create(engine: Engine) -> None:
@@ -34,5 +34,23 @@ def _m002_action_name(engine: Engine) -> None:
             connection.execute(text("CREATE INDEX ix_steps_action_name_session ON steps (action_name, session_id)"))
 
 
+def _m003_forks_blame_preferences(engine: Engine) -> None:
+    """sessions.parent_session_id (+ index) and fork_step, feedback.blame, and the preferences table."""
+    inspector = inspect(engine)
+    sessions = {c["name"] for c in inspector.get_columns("sessions")}
+    feedback = {c["name"] for c in inspector.get_columns("feedback")}
+    with engine.begin() as connection:
+        if "parent_session_id" not in sessions:
+            connection.execute(text("ALTER TABLE sessions ADD COLUMN parent_session_id VARCHAR(64)"))
+        if "fork_step" not in sessions:
+            connection.execute(text("ALTER TABLE sessions ADD COLUMN fork_step INTEGER"))
+        if "blame" not in feedback:
+            connection.execute(text("ALTER TABLE feedback ADD COLUMN blame VARCHAR(8)"))
+        indexes = {i["name"] for i in inspect(connection).get_indexes("sessions")}
+        if "ix_sessions_parent_session_id" not in indexes:
+            connection.execute(text("CREATE INDEX ix_sessions_parent_session_id ON sessions (parent_session_id)"))
+    PreferenceRow.__table__.create(engine, checkfirst=True)
+
+
 # simonw/llm style: numbered, append-only; len(MIGRATIONS) is the schema version they lead to.
-MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name]
+MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name, _m003_forks_blame_preferences]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 2  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast
+SCHEMA_VERSION = 3  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast; 3: forks, blame, preferences
 STATUSES = ("running", "finished", "failed", "cancelled", "interrupted", "max_steps")
+BLAMES = ("model", "tool")  # who a bad step is blamed on
 
 
 # Text a model, a file or a person wrote can hold what a database cannot: PostgreSQL refuses NUL in
@@ -98,6 +99,10 @@ class SessionRow(Base):
     # Which process runs it: a session left `running` by a dead process is `interrupted`.
     owner_host: Mapped[str | None] = mapped_column(String(255))
     owner_pid: Mapped[int | None] = mapped_column(Integer)
+    # A fork: the session it was forked from and the step it replaced (its earlier steps are copies).
+    # No foreign key: a fork outlives a deleted parent, and a parent may be in another store's export.
+    parent_session_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    fork_step: Mapped[int | None] = mapped_column(Integer)
 
     steps: Mapped[list[StepRow]] = relationship(back_populates="session", order_by="StepRow.index", cascade="all, delete-orphan")
     images: Mapped[list[ImageRow]] = relationship(back_populates="session", order_by="ImageRow.ordinal", cascade="all, delete-orphan")
@@ -156,4 +161,20 @@ class FeedbackRow(Base):
     corrected_answer: Mapped[str | None] = mapped_column(SafeText)
     corrected_step: Mapped[Any] = mapped_column(JSON, nullable=True)
     note: Mapped[str | None] = mapped_column(SafeText)
+    created_at: Mapped[float] = mapped_column(Float)
+    # A bad step's cause: "model" (it misused a correct observation) or "tool" (the observation was
+    # wrong: OCR misread, a wrong box). Only model-blamed steps count against the model in exports.
+    blame: Mapped[str | None] = mapped_column(String(8))
+
+
+class PreferenceRow(Base):
+    """A person's judgment of two sessions on the same question and images: ``chosen`` is better
+    than ``rejected``, or the two are as good (``tie``)."""
+
+    __tablename__ = "preferences"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chosen_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    rejected_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    tie: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(SafeText)
     created_at: Mapped[float] = mapped_column(Float)
