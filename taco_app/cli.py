@@ -46,19 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one session without the web app")
     run.add_argument("--image", action="append", default=[], metavar="PATH", help="an input image (repeatable)")
     run.add_argument("--question", required=True)
-    run.add_argument("--backend", default="auto", help=f"where the model's replies come from (default auto). {backend_help()}")
-    run.add_argument("--family", choices=FAMILIES, help="prompt format (default: the backend's)")
-    model = run.add_argument_group("local checkpoint (--backend transformers[:MODEL])")
-    model.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present; $TACO_DEVICE)")
-    model.add_argument("--quantisation", choices=QUANTISATIONS, help="default: 4bit on CUDA, none on the CPU ($TACO_QUANTISATION)")
-    model.add_argument("--revision", help="a branch, tag or commit of a Hub checkpoint ($TACO_MODEL_REVISION)")
-    model.add_argument("--max-new-tokens", type=int, help="per reply (default 2000, as TACO; $TACO_MAX_NEW_TOKENS)")
-    api = run.add_argument_group("OpenAI-compatible server (--backend openai)")
-    api.add_argument("--base-url", help="e.g. http://127.0.0.1:8000/v1 ($TACO_OPENAI_BASE_URL)")
-    api.add_argument("--api-model", help="the model name the server knows ($TACO_OPENAI_MODEL)")
-    run.add_argument("--max-replies", type=int, default=MAX_REPLIES,
-                     help=f"replies allowed after the first (default {MAX_REPLIES}, as TACO)")
-    run.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    fork = sub.add_parser("fork", help="run a stored session again from step K, with that step edited (or not)")
+    fork.add_argument("session_id", metavar="SESSION_ID")
+    fork.add_argument("--step", type=int, required=True, metavar="K", help="the step to replace (1: run again)")
+    fork.add_argument("--thought", help="step K's new thought (default: the stored one)")
+    fork.add_argument("--action", metavar="JSON", help='step K\'s new action, e.g. \'{"name": "Calculate", '
+                      '"arguments": {"expression": "2+3"}}\' (default: the stored one); neither: the model writes step K')
+    for command in (run, fork):
+        command.add_argument("--backend", default="auto",
+                             help=f"where the model's replies come from (default auto). {backend_help()}")
+        command.add_argument("--family", choices=FAMILIES, help="prompt format (default: the backend's)")
+        model = command.add_argument_group("local checkpoint (--backend transformers[:MODEL])")
+        model.add_argument("--device", help="cuda, cuda:N or cpu (default: CUDA when present; $TACO_DEVICE)")
+        model.add_argument("--quantisation", choices=QUANTISATIONS,
+                           help="default: 4bit on CUDA, none on the CPU ($TACO_QUANTISATION)")
+        model.add_argument("--revision", help="a branch, tag or commit of a Hub checkpoint ($TACO_MODEL_REVISION)")
+        model.add_argument("--max-new-tokens", type=int, help="per reply (default 2000, as TACO; $TACO_MAX_NEW_TOKENS)")
+        api = command.add_argument_group("OpenAI-compatible server (--backend openai)")
+        api.add_argument("--base-url", help="e.g. http://127.0.0.1:8000/v1 ($TACO_OPENAI_BASE_URL)")
+        api.add_argument("--api-model", help="the model name the server knows ($TACO_OPENAI_MODEL)")
+        command.add_argument("--max-replies", type=int, default=MAX_REPLIES,
+                             help=f"replies allowed after the first (default {MAX_REPLIES}, as TACO)")
+        command.add_argument("--json", action="store_true", help="one JSON object per event per line")
 
     prompt = sub.add_parser("prompt", help="print the exact text the model is given")
     prompt.add_argument("--family", choices=FAMILIES, default=FAMILIES[0])
@@ -119,8 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from taco_app.backends import BackendError, BackendOptions, create_backend
-    from taco_app.cota import events as ev
     from taco_app.runner import InputImage, run
     from taco_app.settings import current
     from taco_app.tools import default_tools
@@ -141,26 +148,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     for k, image in enumerate(inputs):
         for note in image.notes:  # e.g. an animation: only its first frame is used
             print(f"note: image-{k}: {note}", file=sys.stderr)
-    try:  # the model's flags (--device, --base-url …) are in the settings, read by each backend
-        backend = create_backend(args.backend, BackendOptions(family=args.family))
-    except BackendError as err:
-        raise UsageError(str(err)) from None
+    backend = _backend(args)
 
     from taco_app.store.db import Store
 
     store = Store.open()
+    return _follow(store, lambda cancel: run(args.question, inputs, backend, tools=default_tools(), sink=store.images,
+                                             max_replies=args.max_replies, cancel=cancel,
+                                             tool_timeout_s=current().tool_timeout), args.json)
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    """``run`` from a stored session's step K; the final line adds ``parent_session_id`` and ``fork_step``."""
+    from taco_app.fork import ForkError, fork, plan_fork
+    from taco_app.settings import current
+    from taco_app.store.db import Store
+    from taco_app.tools import default_tools
+
+    if args.max_replies < 0:
+        raise UsageError("--max-replies must be 0 or more")
+    store = Store.open()
+    try:
+        plan = plan_fork(store, args.session_id, args.step, thought=args.thought, action=args.action)
+    except ForkError as err:
+        raise UsageError(str(err)) from None
+    backend = _backend(args)
+    lineage = {"parent_session_id": plan.parent_session_id, "fork_step": plan.step}
+    return _follow(store, lambda cancel: fork(plan, backend, tools=default_tools(), sink=store.images,
+                                              max_replies=args.max_replies, cancel=cancel,
+                                              tool_timeout_s=current().tool_timeout), args.json, lineage)
+
+
+def _backend(args: argparse.Namespace):
+    from taco_app.backends import BackendError, BackendOptions, create_backend
+
+    try:  # the model's flags (--device, --base-url …) are in the settings, read by each backend
+        return create_backend(args.backend, BackendOptions(family=args.family))
+    except BackendError as err:
+        raise UsageError(str(err)) from None
+
+
+def _follow(store, start, as_json: bool, final: dict | None = None) -> int:
+    """Record and print the session ``start(cancel)`` yields; Ctrl-C stops it cleanly. ``final``: keys
+    the last JSON line adds. Exit 1 when the store could not keep it."""
+    from taco_app.cota import events as ev
+
     # A model can write text that is not valid UTF-8 (a lone surrogate): shown escaped, never a crash.
     sys.stdout.reconfigure(errors="backslashreplace")
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # Ctrl-C stops the session cleanly
     saved = True
     try:
-        session = run(args.question, inputs, backend, tools=default_tools(), sink=store.images,
-                      max_replies=args.max_replies, cancel=cancel, tool_timeout_s=current().tool_timeout)
-        for event in store.record(session):
+        for event in store.record(start(cancel)):
             saved = saved and not (isinstance(event, ev.Error) and event.code == "store")
-            if args.json:
-                sys.stdout.write(ev.to_json(event) + "\n")
+            if as_json:
+                line = ev.to_json(event)
+                if final and isinstance(event, ev.Finished):
+                    line = json.dumps({**json.loads(line), **final}, ensure_ascii=False)
+                sys.stdout.write(line + "\n")
                 sys.stdout.flush()
             else:
                 _print_human(event)
@@ -322,6 +367,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 COMMANDS = {
     "ui": cmd_ui,
     "run": cmd_run,
+    "fork": cmd_fork,
     "prompt": cmd_prompt,
     "doctor": cmd_doctor,
     "download": cmd_download,

@@ -25,7 +25,7 @@ import copy
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -79,6 +79,28 @@ class InputImage:
         return cls(image, Path(path), tuple(notes))
 
 
+@dataclass
+class History:
+    """Steps a session starts with, taken before: a fork keeps its parent's first steps as they were.
+
+    ``events`` are those steps' events, yielded again as the new session's own, so it is stored like
+    any other; ``turns`` the conversation after them (everything after the user's request), exactly
+    as the model read it, so the next prompt's prefix is byte-identical to the parent's;
+    ``images`` the images those steps made, with their pixels, in id order after the inputs.
+    ``reply``, when given, is the next step's output, written by a person instead of the backend.
+    """
+
+    parent_session_id: str
+    events: list[ev.Event] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    images: list[tuple[ev.ImageInfo, Image.Image]] = field(default_factory=list)
+    reply: str | None = None
+
+    @property
+    def next_step(self) -> int:
+        return max((event.step for event in self.events), default=0) + 1
+
+
 class Session:
     """The state of one run: its images by id and the conversation so far."""
 
@@ -116,6 +138,7 @@ def run(
     session_id: str | None = None,
     review: Review | None = None,
     tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT,
+    history: History | None = None,
 ) -> Iterator[ev.Event]:
     """Run one CoTA session and yield its events; the last one is always :class:`events.Finished`.
 
@@ -132,15 +155,24 @@ def run(
     model's mistake; a review that raises, or returns something other than an action or None, is a
     program error and propagates. The review should return None when ``cancel`` is set while it
     waits; the loop checks ``cancel`` again as soon as it returns.
+
+    ``history``, when given, holds the steps the session starts with (:class:`History`: a fork).
     """
     session = Session(session_id or uuid.uuid4().hex, question, sink)
     loop = _Loop(session, backend, tools, cancel or threading.Event(), review, tool_timeout_s)
-    yield loop.start(images, max_replies)
+    yield loop.start(images, max_replies, history)
+    first = 1
+    if history is not None:
+        yield from loop.resume(history)
+        first = history.next_step
     last_step = max_replies + 1
     try:
-        for step in range(1, last_step + 1):
+        for step in range(first, last_step + 1):
             loop.stop_if_cancelled(step - 1, "Stopped before the model replied.")
-            reply = yield from loop.generate(step)
+            if history is not None and history.reply is not None and step == first:
+                reply = yield from loop.written(step, history.reply)
+            else:
+                reply = yield from loop.generate(step)
             read = yield from loop.read(step, reply)  # the action to run, None (no action) or a repair turn
             if isinstance(read, Action) and read.is_final:
                 answer = ev.json_safe(read.answer)
@@ -191,7 +223,8 @@ class _Loop:
         self.review, self.tool_timeout_s = review, tool_timeout_s
         self.started, self.clock = time.time(), time.perf_counter()
 
-    def start(self, images: Sequence[InputImage | Image.Image | str | Path], max_replies: int) -> ev.SessionStarted:
+    def start(self, images: Sequence[InputImage | Image.Image | str | Path], max_replies: int,
+              history: History | None = None) -> ev.SessionStarted:
         """Keep the input images and ask the question."""
         inputs = [_as_input(image) for image in images]
         infos = [self.session.add_image(item.image, source=item.path, role="input") for item in inputs]
@@ -201,7 +234,24 @@ class _Loop:
             step=0, session_id=self.session.id, question=self.session.question, images=infos, backend=backend.name,
             model=backend.model_id, family=backend.family, max_replies=max_replies, started_at=self.started,
             revision=backend.revision, quantisation=backend.quantisation,
+            parent_session_id=history.parent_session_id if history else None,
+            fork_step=history.next_step if history else None,
         )
+
+    def resume(self, history: History) -> Iterator[ev.Event]:
+        """Take the steps of ``history`` as this session's own: their images, turns and events."""
+        for info, picture in history.images:
+            self.session.images[info.image_id] = (info, picture)
+        self.session.turns += history.turns
+        yield from history.events
+
+    def written(self, step: int, text: str) -> Iterator[ev.Event]:
+        """A step a person wrote: the model's turn, as if it had streamed it."""
+        prompt = build_prompt(self.session.turns, self.backend.family)
+        yield ev.StepStarted(step=step, prompt_chars=len(prompt.text), image_ids=list(prompt.image_ids))
+        yield ev.ThoughtDelta(step=step, text=text)
+        self.session.turns.append(assistant_turn(text))
+        return _Reply(text, None, 0.0)
 
     def finish(self, status: str, step: int, message: str = "", answer: Any = None) -> ev.Finished:
         return ev.Finished(step=step, session_id=self.session.id, status=status, answer=answer, steps=step,
