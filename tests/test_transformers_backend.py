@@ -418,3 +418,33 @@ def test_a_folder_under_models_is_found_by_name(siglip_checkpoint, monkeypatch, 
     monkeypatch.setattr(loading, "MODELS_DIR", tmp_path)
     (tmp_path / "llama3-siglip-mantis-taco-8b").symlink_to(siglip_checkpoint)
     assert resolve("Salesforce/llama3-siglip-mantis-taco-8b") == tmp_path / "llama3-siglip-mantis-taco-8b"
+
+
+def test_a_fork_prefills_only_what_comes_after_the_fork_point(siglip_checkpoint):
+    """Fork step 3 of a stored session with an edited Calculate: the backend that ran the parent
+    reuses its cached prefix, up to the end of step 2's observation, and prefills only the rest."""
+    from taco_app.fork import fork, plan_fork
+    from taco_app.tools import default_tools
+
+    store = Store.open()
+    cached = backend(siglip_checkpoint, max_new_tokens=12)
+    parent = list(store.record(run_loop(QUESTION, [Image.open(FUEL)], cached, max_replies=2)))
+    parent_usage = [e.usage for e in parent if isinstance(e, (ev.ActionParsed, ev.ParseError))]
+    plan = plan_fork(store, parent[-1].session_id, 3, thought="add",
+                     action={"name": "Calculate", "arguments": {"expression": "50/3.89"}})
+
+    def fork_usage(be):
+        events = list(store.record(fork(plan, be, tools=default_tools(), sink=store.images, max_replies=3)))
+        assert any(isinstance(e, ev.Observation) and e.step == 3 and "12.85" in e.observation for e in events)
+        return [e.usage for e in events if isinstance(e, (ev.ActionParsed, ev.ParseError)) and e.step == 4][0]
+
+    warm = fork_usage(cached)
+    cold = fork_usage(backend(siglip_checkpoint, max_new_tokens=12))  # a backend that never saw the parent
+    at_fork = parent_usage[2]["prompt_tokens"]  # the parent's step-3 prompt: everything before the fork point, and its cue
+    prefilled = warm["prompt_tokens"] - warm["cached_tokens"]
+    print(f"fork at step 3: step 4's prompt is {warm['prompt_tokens']} tokens; the parent's step 3 prompt {at_fork}; "
+          f"prefilled {prefilled} with the parent's cache, {cold['prompt_tokens'] - cold['cached_tokens']} without")
+    assert warm["prompt_tokens"] == cold["prompt_tokens"] > at_fork
+    assert at_fork - 16 <= warm["cached_tokens"] < at_fork  # all of the prefix but the assistant cue after it
+    assert prefilled == warm["prompt_tokens"] - warm["cached_tokens"] < 200
+    assert cold["cached_tokens"] < 3000 < at_fork  # a fresh backend reuses only the pinned system prompt
