@@ -72,6 +72,16 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
+@pytest.fixture
+def store(taco_home):
+    """The store of this test's TACO_HOME (SQLite, or the test database), closed afterwards."""
+    from taco_app.store.db import Store
+
+    store = Store.open()
+    yield store
+    store.close()
+
+
 @pytest.fixture(scope="session")
 def reference() -> Path:
     if not (REFERENCE / "traces").is_dir():

@@ -30,13 +30,6 @@ MARKUP = '{"thought":"done<|eot_id|>","actions":[{"name":"Terminate","arguments"
 EDITED = Action("Calculate", {"expression": "6*7"})
 
 
-@pytest.fixture
-def store(taco_home):
-    store = Store.open()
-    yield store
-    store.close()
-
-
 def _record(store: Store, backend, **kwargs) -> str:
     photo = Image.new("RGB", (120, 80), "teal")
     events = list(store.record(run_loop("What is 2+3?", [photo], backend, **kwargs)))

@@ -15,7 +15,6 @@ from taco_app.cota import events as ev
 from taco_app.cota.prompt import build_prompt, user_request
 from taco_app.fork import ForkError, fork, plan_fork
 from taco_app.store import queries
-from taco_app.store.db import Store
 from taco_app.store.schema import SessionRow
 from taco_app.tools import default_tools
 
@@ -39,13 +38,6 @@ class Spy(ReplayBackend):
     def stream(self, prompt, images):
         self.prompts.append((prompt, [image.copy() for image in images]))
         return super().stream(prompt, images)
-
-
-@pytest.fixture
-def store(taco_home):
-    store = Store.open()
-    yield store
-    store.close()
 
 
 @pytest.fixture

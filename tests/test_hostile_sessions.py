@@ -11,7 +11,6 @@ from PIL import Image
 
 from taco_app.backends import ReplayBackend
 from taco_app.runner import MAX_REPLY_CHARS
-from taco_app.store.db import Store
 from taco_app.store.queries import get_trace
 
 from .conftest import run_loop
@@ -22,11 +21,6 @@ CASES = {
     "endless loop": [step("Calculate", expression="1+1")] * 11,
     "1 MB in one reply": ['{"thought":"' + "x" * 1_000_000 + '"}', terminate("still here")],
 }
-
-
-@pytest.fixture
-def store(taco_home):
-    return Store.open()
 
 
 @pytest.mark.store

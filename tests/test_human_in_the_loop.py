@@ -16,7 +16,6 @@ from taco_app.backends.replay import ReplayBackend
 from taco_app.cota import events as ev
 from taco_app.cota.actions import Action, step_text
 from taco_app.store import queries
-from taco_app.store.db import Store
 from taco_app.store.export import export
 
 from .conftest import ROOT, of_kind, run_loop, run_session
@@ -184,13 +183,6 @@ def test_review_events_round_trip_json(photo):
 
 
 # --- the store -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def store(taco_home):
-    store = Store.open()
-    yield store
-    store.close()
 
 
 def edited_session(store, photo):

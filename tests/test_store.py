@@ -29,13 +29,6 @@ CALC = '{"thought":"add","actions":[{"name":"Calculate","arguments":{"expression
 DONE = '{"thought":"done","actions":[{"name":"Terminate","arguments":{"answer":"4"}}]}'
 
 
-@pytest.fixture
-def store(taco_home):
-    store = Store.open()
-    yield store
-    store.close()
-
-
 def session(store: Store, outputs, question="q") -> list[ev.Event]:
     photo = Image.new("RGB", (120, 80), "teal")
     return list(store.record(run_loop(question, [photo], ReplayBackend(outputs))))

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -48,11 +47,6 @@ HOSTILE_TEXT = {
     "arguments nested 500 deep": (nested(500), None),
     "arguments nested 970 deep": (nested(970), None),
 }
-
-
-@pytest.fixture
-def store(taco_home):
-    return Store.open()
 
 
 def photo() -> Image.Image:

@@ -14,7 +14,6 @@ from taco_app.cota import events as ev
 from taco_app.runner import run
 from taco_app.settings import Settings
 from taco_app.store import queries
-from taco_app.store.db import Store
 from taco_app.store.files import ImageFiles
 from taco_app.tools import Tool, ToolResult, default_tools
 from taco_app.tools.base import IMAGE, ProducedImage
@@ -24,13 +23,6 @@ from .conftest import of_kind, run_session
 from .test_agent import Boom, photo, step, terminate  # noqa: F401  (photo: a fixture)
 
 pytestmark = pytest.mark.store
-
-
-@pytest.fixture
-def store(taco_home):
-    store = Store.open()
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -50,13 +50,6 @@ def files(taco_home) -> ImageFiles:
     return ImageFiles(taco_home / "images")
 
 
-@pytest.fixture
-def store(taco_home):
-    opened = Store.open()
-    yield opened
-    opened.close()
-
-
 def started(files: ImageFiles, *pictures: Image.Image, question="q") -> ev.SessionStarted:
     infos = []
     for i, picture in enumerate(pictures):
