@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from taco_app import __version__
-from taco_app.store.export.base import ExportFormat, Sample
+from taco_app.store.export.base import ExportFormat, provenance  # noqa: F401  (provenance: also read as ``card.provenance``)
 from taco_app.store.export.rebuild import REASONS
 
 PROVENANCE = "provenance.jsonl"
@@ -29,26 +28,11 @@ _MODEL_LICENCES = {
 }
 
 
-def provenance(sample: Sample) -> dict[str, Any]:
-    """Where a row came from, keyed by its id: the session, the model, and what people said of it."""
-    session, notes = sample.session, sample.notes
-    return {
-        "id": sample.id, "session_id": session.id, "model": session.model, "backend": session.backend,
-        "family": session.family, "revision": session.revision, "quantisation": session.quantisation,
-        "rating": notes.rating, "step_ratings": {str(k): v for k, v in sorted(notes.step_ratings.items())},
-        "corrections": {
-            "answer": notes.corrected_answer,
-            "steps": {str(k): v for k, v in sorted(notes.corrected_steps.items())},
-        },
-        "app_version": __version__,
-    }
-
-
 @dataclass(frozen=True)
 class Counts:
     rows: int
     images: int
-    skipped: dict[str, int]  # reason (a key of REASONS) → sessions
+    skipped: dict[str, int]  # reason (a key of REASONS) → sessions (or pairs) left out
     models: dict[str, int]  # model id → rows
 
 
@@ -77,14 +61,13 @@ def card(fmt: ExportFormat, dataset: str, counts: Counts, filters: list[str]) ->
         f"Chains of thought-and-action recorded by TACO Studio {__version__}, as `{fmt.name}` training rows "
         f"(like `{fmt.like}`) in `{fmt.data_file}`, images in `images/`.",
         "",
-        f"- **Rows:** {counts.rows} answered sessions; {counts.images} distinct images.",
-        f"- **Left out:** {skipped} session(s){':' if skipped else '.'}",
+        f"- **Rows:** {counts.rows} {fmt.rows_are}; {counts.images} distinct images.",
+        f"- **Left out:** {skipped} {fmt.unit}(s){':' if skipped else '.'}",
     ]
     lines += [f"  - {n} × {REASONS[reason]}" for reason, n in sorted(counts.skipped.items())]
     lines += [
         f"- **Filters:** {', '.join(filters) if filters else 'none'}.",
-        "- **Corrections** people made are applied: a corrected step replaces the model's reply, a corrected "
-        "answer the final one. Only finished sessions whose every reply is a CoTA step in JSON are exported.",
+        f"- {fmt.targets}",
         f"- **Provenance** of each row (session, model, backend, rating, corrections, app version) is in "
         f"`{PROVENANCE}`, keyed by the row's `id`.",
         "",
@@ -99,7 +82,7 @@ def card(fmt: ExportFormat, dataset: str, counts: Counts, filters: list[str]) ->
         "",
         "Each row holds the text of the row TACO's data pipeline (SalesforceAIResearch/CoTA) builds from the same "
         "conversation: the goal before the first user turn, every message written part by part (a text part and "
-        "a newline, an image as `<image>` and a newline; in `trl-sft` rows an image part stands there instead), "
+        "a newline, an image as `<image>` and a newline; in TRL's conversational rows, `trl-sft` and `trl-dpo`, an image part stands there instead), "
         "and assistant turns as compact JSON steps. One difference: the pipeline deletes every `json` substring "
         "from assistant turns, which corrupts a thought that mentions JSON; these rows keep it.",
         "",

@@ -1,13 +1,15 @@
 """The exporter: which sessions, their conversations rebuilt, their images copied, the files written.
 
-Each session the filters choose is rebuilt in TACO's turn format from its rows, people's
-corrections applied, or left out with a reason (:mod:`.rebuild`: clean targets only). Its images
-are copied by content into ``DIR/images/<sha256>.<ext>``; its row, in the chosen format
-(:data:`~taco_app.store.export.formats.FORMATS`), goes to the format's data file, where the row came
-from to ``DIR/provenance.jsonl``, and the dataset card to ``DIR/README.md`` (:mod:`.card`). The output
-carries no timestamps and sessions are ordered by (created_at, id), so the same database always gives
-the same bytes. Every file is written to a temp name beside it and renamed into place, so each one
-is whole: the new one, or the one it replaces.
+The filters choose sessions; the chosen format (:data:`~taco_app.store.export.formats.FORMATS`)
+turns them into rows (:meth:`~taco_app.store.export.base.ExportFormat.rows`): most formats rebuild
+each session in TACO's turn format, people's corrections applied, or leave it out with a reason
+(:mod:`.rebuild`: clean targets only); a format whose rows pair two sessions reads the others from
+the same :class:`~taco_app.store.export.base.Batch`. The images the rows name are copied by content
+into ``DIR/images/<sha256>.<ext>``; the rows go to the format's data file, where each came from to
+``DIR/provenance.jsonl``, and the dataset card to ``DIR/README.md`` (:mod:`.card`). The output
+carries no timestamps and sessions are read in (created_at, id) order, so the same database always
+gives the same bytes. Every file is written to a temp name beside it and renamed into place, so each
+one is whole: the new one, or the one it replaces.
 """
 
 from __future__ import annotations
@@ -20,18 +22,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from taco_app.store.export.base import DATASET, ExportFormat, Sample
-from taco_app.store.export.card import PROVENANCE, Counts, card, provenance
+from taco_app.store.export.base import DATASET, Batch, ExportFormat, Left
+from taco_app.store.export.card import PROVENANCE, Counts, card
 from taco_app.store.export.formats import FORMATS
-from taco_app.store.export.rebuild import REASONS, Skip, rebuild
+from taco_app.store.export.rebuild import REASONS, Skip
 from taco_app.store.files import atomic_writer, write_atomic
-from taco_app.store.queries import RATINGS, LatestFeedback
-from taco_app.store.schema import FeedbackRow, ImageRow, SessionRow
+from taco_app.store.queries import RATINGS
+from taco_app.store.schema import FeedbackRow, ImageRow, PreferenceRow, SessionRow
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
@@ -41,12 +43,13 @@ _EXT = re.compile(r"^[a-z0-9]{1,8}$")
 class ExportResult:
     count: int
     files: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # "session id: why", for each session left out
-    reasons: dict[str, int] = field(default_factory=dict)  # why (a key of REASONS) → sessions left out
+    skipped: list[str] = field(default_factory=list)  # "session id: why", for each session (or pair) left out
+    reasons: dict[str, int] = field(default_factory=dict)  # why (a key of REASONS) → sessions (or pairs) left out
+    unit: str = "session"  # what a row is made from: "session", or "pair" (trl-dpo)
 
     def summary(self, fmt: str) -> str:
-        """One line: what was exported and how many sessions were left out, by reason."""
-        text = f"exported {self.count} session(s) as {fmt}"
+        """One line: what was exported and how many sessions (or pairs) were left out, by reason."""
+        text = f"exported {self.count} {self.unit}(s) as {fmt}"
         if self.reasons:
             why = ", ".join(f"{n} {REASONS[reason]}" for reason, n in sorted(self.reasons.items()))
             text += f"; left out {sum(self.reasons.values())}: {why}"
@@ -59,7 +62,7 @@ class _Plan:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     provenance: list[dict[str, Any]] = field(default_factory=list)
-    copies: dict[str, Path] = field(default_factory=dict)  # relative target → source file
+    copies: dict[str, Path] = field(default_factory=dict)  # relative target → source file, for the rows written
     skipped: list[str] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     models: Counter[str] = field(default_factory=Counter)
@@ -84,12 +87,32 @@ def check_dataset_name(name: str) -> str:
     return name
 
 
-def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | None = None,
-           corrected_only: bool = False, since: str | None = None, force: bool = False, dry_run: bool = False,
-           dataset: str = DATASET) -> ExportResult:
-    """Write the chosen sessions to ``out_dir``; ``dry_run`` only counts them (``out_dir`` unused)."""
+def check_options(fmt: str, **given: str | None) -> dict[str, str]:
+    """The format's options (:attr:`ExportFormat.options`), each as given or its default; ``ValueError``
+    for an option the format does not take or a value it does not know. ``given``: e.g. ``pair="step"``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    takes = FORMATS[fmt].options
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in takes:
+            having = [other for other, f in FORMATS.items() if name in f.options]
+            raise ValueError(f"--{name} is an option of {' and '.join(having) or 'no format'}, not of {fmt}")
+        if value not in takes[name]:
+            raise ValueError(f"--{name} must be one of {', '.join(takes[name])}, not {value!r}")
+    return {name: given.get(name) or values[0] for name, values in takes.items()}
+
+
+def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | None = None,
+           corrected_only: bool = False, since: str | None = None, force: bool = False, dry_run: bool = False,
+           dataset: str = DATASET, pair: str | None = None) -> ExportResult:
+    """Write the chosen sessions to ``out_dir``; ``dry_run`` only counts them (``out_dir`` unused).
+
+    ``pair`` (trl-dpo): "step" pairs the two different steps, "trajectory" the two rests of the traces
+    from there. For a format whose rows pair sessions, the filters choose the chosen session of a pair.
+    """
+    options = check_options(fmt, pair=pair)
     if rating is not None and rating not in RATINGS:
         raise ValueError(f"rating must be one of {', '.join(RATINGS)}, not {rating!r}")
     check_dataset_name(dataset)
@@ -103,13 +126,15 @@ def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | No
 
     # Plan everything before writing anything: a refused image path leaves DIR untouched.
     format_ = FORMATS[fmt]
-    plan = _plan(store, root, format_, dataset, since_ts, rating, corrected_only)
-    result = ExportResult(count=len(plan.rows), skipped=plan.skipped, reasons=dict(sorted(plan.reasons.items())))
+    plan = _plan(store, root, format_, dataset, since_ts, rating, corrected_only, options)
+    result = ExportResult(count=len(plan.rows), skipped=plan.skipped, reasons=dict(sorted(plan.reasons.items())),
+                          unit=format_.unit)
     if dry_run:
         return result
     filters = [f"rating = {rating}"] if rating else []
     filters += ["corrected sessions only"] if corrected_only else []
     filters += [f"created on or after {since}"] if since else []
+    filters += [f"{name} = {value}" for name, value in options.items()]
     counts = Counts(len(plan.rows), len(plan.copies), result.reasons, dict(plan.models))
     texts = {**format_.files(dataset), "README.md": card(format_, dataset, counts, filters)}
     return replace(result, files=_write(root, format_, plan, texts))
@@ -119,26 +144,36 @@ def export(store: Any, out_dir: str | Path | None, fmt: str, *, rating: str | No
 
 
 def _plan(store: Any, root: Path, fmt: ExportFormat, dataset: str, since_ts: float | None, rating: str | None,
-          corrected_only: bool) -> _Plan:
+          corrected_only: bool, options: Mapping[str, str]) -> _Plan:
     sessions, feedback = _load(store, since_ts)
-    plan = _Plan()
+    sources: dict[str, Path] = {}  # every image a row may name: export path → stored file
+
+    def everything() -> list[SessionRow]:
+        return sessions if since_ts is None else _load(store, None)[0]
+
+    def preferences() -> list[PreferenceRow]:
+        with store.reading() as db:
+            return list(db.scalars(select(PreferenceRow).order_by(PreferenceRow.created_at, PreferenceRow.id)).all())
+
+    batch = Batch(dataset, [], feedback, options=options, stored=everything, preferences=preferences,
+                  images=lambda session, image_ids: _images(store, root, session, image_ids, sources))
     for session in sessions:
-        notes = LatestFeedback.fold(feedback.get(session.id, []))
+        notes = batch.notes(session)
         if corrected_only and not notes.corrected:
             continue
         if rating is not None and notes.rating != rating:
             continue
-        try:
-            rebuilt = rebuild(session, notes)
-            paths = _images(store, root, session, rebuilt.image_ids, plan.copies)
-        except Skip as skip:
-            plan.skipped.append(f"{session.id}: {skip}")
-            plan.reasons[skip.reason] += 1
+        batch.selected.append(session)
+    plan = _Plan()
+    for made in fmt.rows(batch):
+        if isinstance(made, Left):
+            plan.skipped.append(f"{made.what}: {made.skip}")
+            plan.reasons[made.skip.reason] += 1
             continue
-        sample = Sample(f"{dataset}-{session.id}", dataset, session, rebuilt.turns, paths, notes)
-        plan.rows.append(fmt.row(sample))
-        plan.provenance.append(provenance(sample))
-        plan.models[session.model or "unknown"] += 1
+        plan.rows.append(made.row)
+        plan.provenance.append(made.provenance)
+        plan.copies.update((rel, sources[rel]) for rel in made.images)
+        plan.models.update(model or "unknown" for model in made.models)
     return plan
 
 

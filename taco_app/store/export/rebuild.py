@@ -18,6 +18,10 @@ targets with the observations that really followed them:
 
 Skipping the whole session, rather than cutting the row before a bad step, keeps every row a whole
 answered conversation, like every row of TACO's own data.
+
+A preference pair needs parts of sessions by the same rules: :func:`prefix` is what the model read
+before a step, :func:`step_target` one step as a clean target, and :func:`reply` a rejected step as
+the model wrote it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,18 @@ REASONS = {
     "no-answer": "it does not end with a Terminate answer",
     "control-token": "its text holds a chat template's control token, which a trainer would read as markup",
     "missing-image": "an image its text refers to is not in the store",
+    # Rows made from people's judgments (trl-dpo pairs, trl-stepwise labels):
+    "unjudged": "steps without a judgment: rate each step, or the whole session up",
+    "tie": "people judged the two sessions as good as each other",
+    "overruled": "a person's preference between the same two sessions stands instead",
+    "different-task": "the two sessions answer different questions or images",
+    "missing-session": "the session it pairs with is not in the store",
+    "same-step": "the chosen and the rejected step are the same",
+    "ended-before": "a session ends before the step where the two differ",
+    "no-reply": "the rejected session has no reply at the step where the two differ",
+    "image-in-completion": "a completion shows an image, and TRL's DPO takes images in the prompt only",
+    "duplicate": "the same pair as another row",
+    "contradicted": "a stronger judgment prefers the other step of the same pair",
 }
 
 
@@ -74,8 +90,7 @@ def rebuild(session: SessionRow, notes: LatestFeedback) -> Rebuilt:
     """The session's turns with corrections applied, or :class:`Skip`."""
     if session.status != "finished":
         raise Skip(session.status if session.status in REASONS else "failed")
-    inputs = [row.image_id for row in session.images if row.role == "input"]
-    turns, image_ids = [user_request(session.question, inputs)], list(inputs)
+    turns, image_ids = _request(session)
     for step in session.steps:
         target, action = _target(step, notes)
         if action is not None and action.is_final:
@@ -86,15 +101,64 @@ def rebuild(session: SessionRow, notes: LatestFeedback) -> Rebuilt:
             return Rebuilt(turns, image_ids)
         if step.observation is None:
             break
-        turns.append(assistant_turn(target))
-        ids = _observation_images(step.observation, step.image_ids or [])
-        turns.append(text_turn("user", step.observation, ids))
-        image_ids += ids
+        _add_step(turns, image_ids, step, target)
     raise Skip("no-answer")
 
 
-def _target(step: StepRow, notes: LatestFeedback) -> tuple[str, Action | None]:
-    """The step's assistant text as a clean target, and the action it asks for."""
+def prefix(session: SessionRow, notes: LatestFeedback, before: int) -> Rebuilt:
+    """The turns the model read before it wrote step ``before``, by the same rules as :func:`rebuild`:
+    the request, then each earlier step as a clean target (corrections applied) with its observation.
+
+    The session need not be finished: what came after step ``before`` is not part of it.
+    """
+    turns, image_ids = _request(session)
+    steps = {step.index: step for step in session.steps}
+    for index in range(1, before):
+        step = steps.get(index)
+        if step is None:
+            raise Skip("ended-before", f"step {index}")
+        target, action = _target(step, notes)
+        if (action is not None and action.is_final) or step.observation is None:
+            raise Skip("ended-before", f"step {index}")
+        _add_step(turns, image_ids, step, target)
+    _check_markup(turns)
+    return Rebuilt(turns, image_ids)
+
+
+def step_target(step: StepRow, notes: LatestFeedback) -> str:
+    """One step as a clean target, corrections applied, with no observation after it: a correction
+    need not ask for the action that ran. :class:`Skip` when it is not a CoTA step in JSON."""
+    target, _ = _target(step, notes, observed=False)
+    _check_markup([assistant_turn(target)])
+    return target
+
+
+def reply(step: StepRow) -> str | None:
+    """The model's reply as it was: a CoTA step in JSON written as a clean target (so it differs from
+    another step only in what it says), any other reply as the model wrote it; None when it wrote nothing."""
+    target = None if step.parse_error_code else clean_target(step.raw or "")
+    if target is not None:
+        return target
+    return step.raw if (step.raw or "").strip() else None
+
+
+def _request(session: SessionRow) -> tuple[list[Turn], list[str]]:
+    """The first user turn (the question and the input images) and the images it shows."""
+    inputs = [row.image_id for row in session.images if row.role == "input"]
+    return [user_request(session.question, inputs)], list(inputs)
+
+
+def _add_step(turns: list[Turn], image_ids: list[str], step: StepRow, target: str) -> None:
+    """A step that did not end the session: its target, then the observation that followed it."""
+    turns.append(assistant_turn(target))
+    ids = _observation_images(step.observation or "", step.image_ids or [])
+    turns.append(text_turn("user", step.observation or "", ids))
+    image_ids += ids
+
+
+def _target(step: StepRow, notes: LatestFeedback, *, observed: bool = True) -> tuple[str, Action | None]:
+    """The step's assistant text as a clean target, and the action it asks for. ``observed``: the
+    step's recorded observation follows it, so a correction must keep it (:func:`keeps_observation`)."""
     fix = notes.corrected_steps.get(step.index)
     if fix is None:
         target = None if step.parse_error_code else clean_target(step.raw)
@@ -105,7 +169,7 @@ def _target(step: StepRow, notes: LatestFeedback) -> tuple[str, Action | None]:
     if target is None:
         raise Skip("bad-correction", f"step {step.index}")
     action = _action(target)
-    if not keeps_observation(action, step.action, ran=not step.parse_error_code):
+    if observed and not keeps_observation(action, step.action, ran=not step.parse_error_code):
         raise Skip("stale-observation", f"step {step.index}")
     return target, action
 
