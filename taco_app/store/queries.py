@@ -1,11 +1,12 @@
-"""Review queries and feedback: list and filter sessions, open one trace, a dashboard, ratings and corrections.
+"""Review queries and feedback: list and filter sessions, open one trace, a dashboard, ratings and corrections,
+preferences between two sessions, and a session's forks.
 
 Everything here is plain SQL through SQLAlchemy Core/ORM expressions that render on SQLite and
 PostgreSQL alike: filtering, counting and paging happen in the database (COUNT, LIMIT/OFFSET), never
 in Python, so a page stays fast however many sessions the store holds.
 
-Feedback is append-only: every call adds one :class:`FeedbackRow` (its own short transaction), so the
-history is kept; when reading, the latest row of a kind wins (by ``created_at``, then ``id``).
+Feedback is append-only: every call adds one :class:`FeedbackRow` or :class:`PreferenceRow` (its own short
+transaction), so the history is kept; when reading, the latest row of a kind wins (by ``created_at``, then ``id``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, cast, exists, func, select
+from sqlalchemy import ColumnElement, and_, cast, exists, func, or_, select
 from sqlalchemy.orm import Session as DbSession
 
 from taco_app.cota.parser import ParseFailure, parse
 from taco_app.cota.registry import action_names
 from taco_app.store.db import Store
-from taco_app.store.schema import FeedbackRow, ImageRow, SafeText, SessionRow, StepRow
+from taco_app.store.schema import BLAMES, FeedbackRow, ImageRow, PreferenceRow, SafeText, SessionRow, StepRow
 
 RATINGS = ("up", "down")
 MAX_PAGE_SIZE = 500
@@ -98,6 +99,7 @@ class Feedback:
     corrected_step: Any
     note: str | None
     created_at: float
+    blame: str | None = None  # a step rated down: "model" or "tool" (None: not said, counted as the model's)
 
 
 @dataclass
@@ -109,6 +111,7 @@ class LatestFeedback:
     step_ratings: dict[int, str] = field(default_factory=dict)
     corrected_steps: dict[int, Any] = field(default_factory=dict)
     corrected: bool = False  # any correction (answer or step) at all
+    step_blame: dict[int, str] = field(default_factory=dict)  # the blame of each step's latest rating, when it has one
 
     @classmethod
     def fold(cls, history: Any) -> "LatestFeedback":
@@ -120,6 +123,11 @@ class LatestFeedback:
                     latest.rating = item.rating
                 else:
                     latest.step_ratings[item.step] = item.rating
+                    # The blame belongs to the rating it came with: a later rating without one clears it.
+                    if item.blame is not None:
+                        latest.step_blame[item.step] = item.blame
+                    else:
+                        latest.step_blame.pop(item.step, None)
             if item.corrected_answer is not None:
                 latest.corrected_answer = item.corrected_answer
             if item.corrected_step is not None and item.step is not None:
@@ -138,6 +146,30 @@ class Trace:
     corrected_answer: str | None = None  # the latest corrected answer
     step_ratings: dict[int, str] = field(default_factory=dict)  # latest per step
     corrected_steps: dict[int, Any] = field(default_factory=dict)  # latest per step
+    step_blame: dict[int, str] = field(default_factory=dict)  # latest per step, from the same row as its rating
+
+
+@dataclass
+class Preference:
+    """``chosen_id`` was judged better than ``rejected_id`` (with ``tie``: the two as good, in the order given)."""
+
+    chosen_id: str
+    rejected_id: str
+    tie: bool
+    reason: str | None
+    created_at: float
+
+
+@dataclass
+class Lineage:
+    """Where a session sits among forks: the session it was forked from (None when it is not a fork, or
+    when that session is no longer stored: ``parent_id`` still names it) and the step it replaced there,
+    and the sessions forked from it, each with the step it replaced (by fork step, then oldest first)."""
+
+    parent: SessionSummary | None
+    fork_step: int | None
+    children: list[tuple[SessionSummary, int]]
+    parent_id: str | None = None
 
 
 # --- expressions --------------------------------------------------------------------------------
@@ -153,6 +185,13 @@ def _latest_rating() -> Any:
         .correlate(SessionRow)
         .scalar_subquery()
     )
+
+
+def _summary_columns() -> tuple[Any, ...]:
+    """The columns of a :class:`SessionSummary`, in its order (the step count and rating per row)."""
+    steps = select(func.count(StepRow.id)).where(StepRow.session_id == SessionRow.id).correlate(SessionRow).scalar_subquery()
+    return (SessionRow.id, SessionRow.created_at, func.substr(SessionRow.question, 1, 200, type_=SafeText), SessionRow.answer,
+            SessionRow.status, SessionRow.model, steps, _latest_rating())
 
 
 def _epoch(value: float | dt.date | dt.datetime, end_of_day: bool = False) -> float:
@@ -205,10 +244,8 @@ def list_sessions(store: Store, flt: SessionFilter | None = None) -> Page:
     # per-row subqueries in the same SELECT, the engine may evaluate them for every skipped row too.
     order = (SessionRow.created_at.desc(), SessionRow.id)
     ids = select(SessionRow.id).where(*where).order_by(*order).limit(size).offset((page - 1) * size).subquery()
-    steps = select(func.count(StepRow.id)).where(StepRow.session_id == SessionRow.id).correlate(SessionRow).scalar_subquery()
     query = (
-        select(SessionRow.id, SessionRow.created_at, func.substr(SessionRow.question, 1, 200, type_=SafeText), SessionRow.answer,
-               SessionRow.status, SessionRow.model, steps, _latest_rating())
+        select(*_summary_columns())
         .join(ids, ids.c.id == SessionRow.id)
         .order_by(*order)
     )
@@ -237,12 +274,13 @@ def get_trace(store: Store, session_id: str) -> Trace | None:
             steps=[_columns(step) for step in steps],
             images=[TraceImage(i.image_id, store.image_path(i), i.width, i.height, i.role, i.step, i.parent, i.bbox)
                     for i in images],
-            feedback=[Feedback(f.step, f.rating, f.corrected_answer, f.corrected_step, f.note, f.created_at)
+            feedback=[Feedback(f.step, f.rating, f.corrected_answer, f.corrected_step, f.note, f.created_at, f.blame)
                       for f in feedback],
         )
     latest = LatestFeedback.fold(trace.feedback)
     trace.rating, trace.corrected_answer = latest.rating, latest.corrected_answer
     trace.step_ratings, trace.corrected_steps = latest.step_ratings, latest.corrected_steps
+    trace.step_blame = latest.step_blame
     return trace
 
 
@@ -273,12 +311,18 @@ def dashboard(store: Store) -> dict[str, Any]:
 # --- feedback (each call: one short transaction, one new row) ---------------------------------
 
 
+MAX_STEP = 2**31 - 1  # the databases' integer: a larger step number is looked up nowhere
+
+
 def _check(db: DbSession, session_id: str, step: int | None) -> None:
     if db.get(SessionRow, session_id) is None:
         raise ValueError(f"no session {session_id!r}")
-    if step is not None and db.scalar(select(StepRow.id).where(
-            and_(StepRow.session_id == session_id, StepRow.index == step))) is None:
-        raise ValueError(f"no session {session_id!r} step {step}")
+    if step is not None and (not 1 <= step <= MAX_STEP or db.scalar(select(StepRow.id).where(
+            and_(StepRow.session_id == session_id, StepRow.index == step))) is None):
+        first, last = db.execute(select(func.min(StepRow.index), func.max(StepRow.index))
+                                 .where(StepRow.session_id == session_id)).one()
+        steps = "it has no steps" if last is None else f"its only step is {last}" if first == last else f"its steps are {first} to {last}"
+        raise ValueError(f"no session {session_id!r} step {step}: {steps}")
 
 
 def _add(store: Store, session_id: str, step: int | None, **values: Any) -> None:
@@ -287,11 +331,23 @@ def _add(store: Store, session_id: str, step: int | None, **values: Any) -> None
         db.add(FeedbackRow(session_id=session_id, step=step, created_at=time.time(), **values))
 
 
-def rate(store: Store, session_id: str, rating: str, step: int | None = None) -> None:
-    """Thumbs up or down on a session (step None) or on one of its steps."""
+def rate(store: Store, session_id: str, rating: str, step: int | None = None, blame: str | None = None,
+         note: str | None = None) -> None:
+    """Thumbs up or down on a session (step None) or on one of its steps, with an optional note.
+
+    A step rated down may say whom it blames: "model" (it misused a correct observation) or "tool" (the
+    observation was wrong). Without a blame it stays None, and exports count the bad step as the model's.
+    """
     if rating not in RATINGS:
         raise ValueError(f"rating must be one of {RATINGS}, not {rating!r}")
-    _add(store, session_id, step, rating=rating)
+    if blame is not None:
+        if blame not in BLAMES:
+            raise ValueError(f"blame must be one of {BLAMES}, not {blame!r}")
+        if step is None:
+            raise ValueError("only a step can be blamed, not a whole session: say which step was bad")
+        if rating != "down":
+            raise ValueError(f"only a step rated down can be blamed, not one rated {rating!r}")
+    _add(store, session_id, step, rating=rating, blame=blame, note=note or None)
 
 
 def correct_answer(store: Store, session_id: str, answer: str) -> None:
@@ -320,3 +376,77 @@ def correct_step(store: Store, session_id: str, step: int, text_or_obj: str | di
 def add_note(store: Store, session_id: str, note: str, step: int | None = None) -> None:
     """A free-text note on a session or one of its steps."""
     _add(store, session_id, step, note=note)
+
+
+# --- preferences and forks ----------------------------------------------------------------------
+
+
+def _input_images(db: DbSession, session_id: str) -> list[str]:
+    """The sha256 of the session's input images, in order (a fork's are its parent's)."""
+    return list(db.scalars(select(ImageRow.sha256).where(ImageRow.session_id == session_id, ImageRow.role == "input")
+                           .order_by(ImageRow.ordinal)))
+
+
+def _task_difference(db: DbSession, a_id: str, b_id: str) -> str | None:
+    """Why two sessions' answers cannot be compared (None: they can); ValueError when one is not stored."""
+    questions = {}
+    for session_id in (a_id, b_id):
+        row = db.get(SessionRow, session_id)
+        if row is None:
+            raise ValueError(f"no session {session_id!r}")
+        questions[session_id] = row.question
+    if questions[a_id] != questions[b_id]:
+        return (f"sessions {a_id!r} and {b_id!r} answer different questions: "
+                "a preference compares two answers to the same question on the same images")
+    if _input_images(db, a_id) != _input_images(db, b_id):
+        return (f"sessions {a_id!r} and {b_id!r} were given different images: "
+                "a preference compares two answers to the same question on the same images")
+    return None
+
+
+def same_task(store: Store, a_id: str, b_id: str) -> bool:
+    """Whether two sessions ask the same question about the same input images (by content, in order), so
+    that their answers can be compared; ValueError when one of them is not stored."""
+    with store.reading() as db:
+        return _task_difference(db, a_id, b_id) is None
+
+
+def prefer(store: Store, winner_id: str, loser_id: str, reason: str | None = None, tie: bool = False) -> None:
+    """Record that ``winner_id`` answered better than ``loser_id`` (``tie``: as well). The two must be
+    different sessions on the same question and the same input images."""
+    if winner_id == loser_id:
+        raise ValueError(f"session {winner_id!r} was given twice: a preference is between two different sessions")
+    with store.writing() as db:
+        difference = _task_difference(db, winner_id, loser_id)
+        if difference is not None:
+            raise ValueError(difference)
+        db.add(PreferenceRow(chosen_id=winner_id, rejected_id=loser_id, tie=bool(tie), reason=reason or None,
+                             created_at=time.time()))
+
+
+def preferences(store: Store, session_id: str) -> list[Preference]:
+    """Every preference the session is part of (chosen or rejected), oldest first."""
+    with store.reading() as db:
+        if db.get(SessionRow, session_id) is None:
+            raise ValueError(f"no session {session_id!r}")
+        rows = db.scalars(select(PreferenceRow)
+                          .where(or_(PreferenceRow.chosen_id == session_id, PreferenceRow.rejected_id == session_id))
+                          .order_by(PreferenceRow.created_at, PreferenceRow.id)).all()
+        return [Preference(r.chosen_id, r.rejected_id, bool(r.tie), r.reason, r.created_at) for r in rows]
+
+
+def lineage(store: Store, session_id: str) -> Lineage:
+    """The session's parent (if it is a fork) and its forks; ValueError when it is not stored."""
+    with store.reading() as db:
+        row = db.get(SessionRow, session_id)
+        if row is None:
+            raise ValueError(f"no session {session_id!r}")
+        parent_id, fork_step = row.parent_session_id, row.fork_step
+        parent = None
+        if parent_id is not None:
+            found = db.execute(select(*_summary_columns()).where(SessionRow.id == parent_id)).first()
+            parent = SessionSummary(*found) if found is not None else None
+        forks = db.execute(select(*_summary_columns(), SessionRow.fork_step).where(SessionRow.parent_session_id == session_id)
+                           .order_by(SessionRow.fork_step, SessionRow.created_at, SessionRow.id)).all()
+        children = [(SessionSummary(*found[:-1]), found[-1]) for found in forks]
+    return Lineage(parent, fork_step, children, parent_id)
