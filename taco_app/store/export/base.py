@@ -116,6 +116,7 @@ def session_provenance(session: SessionRow, notes: LatestFeedback) -> dict[str, 
         "session_id": session.id, "model": session.model, "backend": session.backend,
         "family": session.family, "revision": session.revision, "quantisation": session.quantisation,
         "rating": notes.rating, "step_ratings": {str(k): v for k, v in sorted(notes.step_ratings.items())},
+        "step_blame": {str(k): v for k, v in sorted(notes.step_blame.items())},
         "corrections": {
             "answer": notes.corrected_answer,
             "steps": {str(k): v for k, v in sorted(notes.corrected_steps.items())},

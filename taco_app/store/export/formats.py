@@ -6,6 +6,9 @@ from __future__ import annotations
 from taco_app.store.export.base import ExportFormat
 from taco_app.store.export.cota_llava import FORMAT as COTA_LLAVA
 from taco_app.store.export.cota_mantis import FORMAT as COTA_MANTIS
+from taco_app.store.export.trl_dpo import FORMAT as TRL_DPO
 from taco_app.store.export.trl_sft import FORMAT as TRL_SFT
+from taco_app.store.export.trl_stepwise import FORMAT as TRL_STEPWISE
 
-FORMATS: dict[str, ExportFormat] = {fmt.name: fmt for fmt in (COTA_MANTIS, COTA_LLAVA, TRL_SFT)}  # the first is the default
+# The first is the default.
+FORMATS: dict[str, ExportFormat] = {fmt.name: fmt for fmt in (COTA_MANTIS, COTA_LLAVA, TRL_SFT, TRL_DPO, TRL_STEPWISE)}

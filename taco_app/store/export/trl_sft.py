@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taco_app.cota.prompt import IMAGE_TOKEN
+from taco_app.cota.prompt import IMAGE_TOKEN, Turn
 from taco_app.cota.training import training_text
 from taco_app.store.export.base import ExportFormat, Sample, loading_code
 
@@ -53,10 +53,15 @@ def user_content(text: str) -> list[dict[str, str]]:
 
 def messages(sample: Sample) -> list[dict[str, Any]]:
     """The sample's turns as TRL's conversational messages, in the words TACO's pipeline trains on."""
+    return turn_messages(sample.turns)
+
+
+def turn_messages(turns: list[Turn], *, first: bool = True) -> list[dict[str, Any]]:
+    """Turns as TRL's conversational messages; ``first``: ``turns[0]`` is the conversation's first (the goal before it)."""
     return [{"role": turn.role,
-             "content": user_content(training_text(turn, first=i == 0)) if turn.role == "user"
+             "content": user_content(training_text(turn, first=first and i == 0)) if turn.role == "user"
              else [{"type": "text", "text": turn.text}]}
-            for i, turn in enumerate(sample.turns)]
+            for i, turn in enumerate(turns)]
 
 
 class TrlSft(ExportFormat):
