@@ -118,7 +118,7 @@ def test_the_same_database_gives_the_same_bytes(store, reference, tmp_path):
     from taco_app.store.export import FORMATS
 
     _import_some(store, reference, 10)
-    for fmt in FORMATS:
+    for fmt in (name for name, f in FORMATS.items() if not f.needs_judgments):  # the others: test_export_preferences
         export(store, tmp_path / f"{fmt}-1", fmt)
         export(store, tmp_path / f"{fmt}-2", fmt)
         first, second = ({p.relative_to(tmp_path / f"{fmt}-{n}"): p.read_bytes() for p in (tmp_path / f"{fmt}-{n}").rglob("*")
