@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the rows' metadata.dataset and id prefix (default {DATASET})")
     export.add_argument("--push-to-hub", metavar="REPO",
                         help="then upload the folder as a private Hugging Face dataset repository (needs the network)")
+    pairs = list(dict.fromkeys(value for fmt in FORMATS.values() for value in fmt.options.get("pair", ())))
+    export.add_argument("--pair", choices=pairs or None, help=f"what a preference pair holds (trl-dpo): "
+                        f"{' or '.join(pairs)}: the two different steps, or the two rests of the traces from there")
     import_ = sub.add_parser("import", help="import reference traces (JSON files, folders) or a cota-mantis .jsonl export")
     import_.add_argument("paths", nargs="+", metavar="PATH")
     return parser
@@ -324,7 +327,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.push_to_hub:
             check_repo(args.push_to_hub)
         result = export(Store.open(), args.out, args.format, rating=args.rating, corrected_only=args.corrected_only,
-                        since=args.since, force=args.force, dataset=args.dataset_name)
+                        since=args.since, force=args.force, dataset=args.dataset_name, pair=args.pair)
     except ValueError as err:  # a non-empty folder, a bad date or name, a refused image path
         raise UsageError(str(err)) from None
     except OSError as err:  # a full disk, no write permission: the earlier files are left whole
@@ -334,7 +337,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for path in result.files:
         print(f"  {path}")
     if result.skipped:
-        print(f"left out {len(result.skipped)} session(s):", *result.skipped, sep="\n  ", file=sys.stderr)
+        print(f"left out {len(result.skipped)} {result.unit}(s):", *result.skipped, sep="\n  ", file=sys.stderr)
     if args.push_to_hub:
         try:
             print(f"pushed to {push_to_hub(Path(args.out), args.push_to_hub)}")

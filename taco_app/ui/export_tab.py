@@ -29,36 +29,45 @@ def build(studio: Studio) -> None:
         rating = gr.Radio(["any", *RATINGS], value="any", label="Rating")
         corrected = gr.Checkbox(label="Only corrected sessions")
         since = gr.Textbox(label="Since (YYYY-MM-DD)", placeholder="any date")
+        # A format's own option (trl-dpo's pairs), shown while that format is chosen.
+        pairs = list(dict.fromkeys(v for f in FORMATS.values() for v in f.options.get("pair", ())))
+        pair = gr.Radio(pairs, value=pairs[0] if pairs else None, label="Pairs: the two steps, or the rests of the traces",
+                        visible=_takes_pair(list(FORMATS)[0]), elem_id="export-pair")
     count = gr.Markdown(elem_id="export-count")
     go = gr.Button("Export", variant="primary", elem_id="export-run")
     download = gr.File(label="Download", interactive=False, elem_id="export-file")
-    inputs = [fmt, rating, corrected, since]
+    inputs = [fmt, rating, corrected, since, pair]
 
-    def counted(fmt_, rating_, corrected_, since_):
-        return _count_text(studio, fmt_, rating_, corrected_, since_)
+    def counted(fmt_, rating_, corrected_, since_, pair_=None):
+        return _count_text(studio, fmt_, rating_, corrected_, since_, pair_)
 
     for component in inputs:
         component.change(counted, inputs, count)
+    fmt.change(lambda fmt_: gr.update(visible=_takes_pair(fmt_)), fmt, pair)
 
     zips = _LatestZips()
 
-    def run_export(fmt_, rating_, corrected_, since_, request: gr.Request):
+    def run_export(fmt_, rating_, corrected_, since_, pair_, request: gr.Request):
         work = Path(tempfile.mkdtemp(dir=studio.scratch.exports))  # the exported files, until they are zipped
         try:
-            archive = _zip_export(studio, Path(download.GRADIO_CACHE), work, fmt_, rating_, corrected_, since_)
+            archive = _zip_export(studio, Path(download.GRADIO_CACHE), work, fmt_, rating_, corrected_, since_, pair_)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if request.session_hash:
             zips.replace(owner(request), Path(archive).parent)
-        return archive, counted(fmt_, rating_, corrected_, since_)
+        return archive, counted(fmt_, rating_, corrected_, since_, pair_)
 
     go.click(run_export, inputs, [download, count], api_name="export")
 
 
-def _options(fmt: str, rating: str, corrected: bool, since: str | None) -> dict[str, Any]:
+def _takes_pair(fmt: str) -> bool:
+    return fmt in FORMATS and "pair" in FORMATS[fmt].options
+
+
+def _options(fmt: str, rating: str, corrected: bool, since: str | None, pair: str | None = None) -> dict[str, Any]:
     """The page's filters as :func:`~taco_app.store.export.export`'s keyword arguments."""
     return dict(fmt=fmt, rating=None if rating == "any" else rating, corrected_only=bool(corrected),
-                since=(since or "").strip() or None)
+                since=(since or "").strip() or None, pair=pair if _takes_pair(fmt) else None)
 
 
 def _count_text(studio: Studio, *filters: Any) -> str:
@@ -67,7 +76,7 @@ def _count_text(studio: Studio, *filters: Any) -> str:
         result = export(studio.store, None, dry_run=True, **_options(*filters))
     except ValueError as err:
         return f"**Cannot count:** {render.escape_text(err)}"
-    text = f"**{result.count}** session(s) match."
+    text = f"**{result.count}** {result.unit}(s) match."
     if result.reasons:
         text += f" {sum(result.reasons.values())} left out (training rows hold clean targets only):\n" + "\n".join(
             f"- {n} × {REASONS[reason]}" for reason, n in sorted(result.reasons.items()))
@@ -83,7 +92,7 @@ def _zip_export(studio: Studio, cache: Path, work: Path, *filters: Any) -> str:
     except ValueError as err:
         raise gr.Error(str(err))
     if result.count == 0:
-        raise gr.Error("No session matches these filters: nothing to export.")
+        raise gr.Error(f"No {result.unit} matches these filters: nothing to export.")
     # Into Gradio's cache (the app's private temporary folder): served as it is, with no second copy.
     cache.mkdir(parents=True, exist_ok=True)
     served = Path(tempfile.mkdtemp(prefix="export-", dir=cache))
