@@ -1,4 +1,4 @@
-"""The command line: ``python app.py [ui|run|prompt|doctor|download|export|import] …``.
+"""The command line: ``python app.py [ui|run|fork|prompt|doctor|download|convert|export|import|rate|prefer] …``.
 
 The command names and flags are a contract (scripts and checks rely on them); see DESIGN.md.
 """
@@ -97,6 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{' or '.join(pairs)}: the two different steps, or the two rests of the traces from there")
     import_ = sub.add_parser("import", help="import reference traces (JSON files, folders) or a cota-mantis .jsonl export")
     import_.add_argument("paths", nargs="+", metavar="PATH")
+    # Values are checked by the commands, not argparse, so that a bad one is one line on stderr.
+    rate = sub.add_parser("rate", help="thumbs up or down on a stored session, or on one of its steps")
+    rate.add_argument("session_id", metavar="SESSION_ID")
+    rate.add_argument("rating", metavar="up|down")
+    rate.add_argument("--step", metavar="K", help="rate step K instead of the whole session")
+    rate.add_argument("--blame", metavar="tool|model",
+                      help="a step rated down: the tool's observation was wrong, or the model misused a right one (default: not said, counted as the model's)")
+    rate.add_argument("--note", metavar="TEXT", help="a note kept with the rating")
+    prefer = sub.add_parser("prefer", help="record that one session answered better than another on the same question and images")
+    prefer.add_argument("winner_id", metavar="WINNER_ID")
+    prefer.add_argument("loser_id", metavar="LOSER_ID")
+    prefer.add_argument("--reason", metavar="TEXT", help="why (kept with the preference)")
+    prefer.add_argument("--tie", action="store_true", help="the two answered as well as each other")
     return parser
 
 
@@ -367,6 +380,47 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if report.skipped else 0
 
 
+def cmd_rate(args: argparse.Namespace) -> int:
+    """One line saying what was recorded; a refusal (unknown session or step, a misplaced blame) records nothing."""
+    from taco_app.store import queries
+    from taco_app.store.db import Store
+
+    step = _step_number(args.step)
+    try:
+        queries.rate(Store.open(), args.session_id, args.rating, step=step, blame=args.blame, note=args.note)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    rated = f"step {step} of session {args.session_id}" if step is not None else f"session {args.session_id}"
+    blamed = f", blamed on the {args.blame}" if args.blame else ""
+    print(f"recorded: {rated} rated {args.rating}{blamed}{', with a note' if args.note else ''}")
+    return 0
+
+
+def _step_number(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--step must be a step number (1, 2, …), not {text!r}") from None
+
+
+def cmd_prefer(args: argparse.Namespace) -> int:
+    """One line saying what was recorded; two sessions that cannot be compared are refused."""
+    from taco_app.store import queries
+    from taco_app.store.db import Store
+
+    try:
+        queries.prefer(Store.open(), args.winner_id, args.loser_id, reason=args.reason, tie=args.tie)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.tie:
+        print(f"recorded: sessions {args.winner_id} and {args.loser_id} answered as well as each other")
+    else:
+        print(f"recorded: session {args.winner_id} answered better than session {args.loser_id}")
+    return 0
+
+
 COMMANDS = {
     "ui": cmd_ui,
     "run": cmd_run,
@@ -377,4 +431,6 @@ COMMANDS = {
     "convert": cmd_convert,
     "export": cmd_export,
     "import": cmd_import,
+    "rate": cmd_rate,
+    "prefer": cmd_prefer,
 }
