@@ -12,7 +12,6 @@ TRL 1.16 no longer ships a PRM trainer). Every check has a negative control.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from taco_app.backends.replay import ReplayBackend
 from taco_app.cota.actions import Action
 from taco_app.cota.training import goal
 from taco_app.store.db import Store
-from taco_app.store.export import FORMATS, REASONS, export
+from taco_app.store.export import REASONS, export
 from taco_app.store.export.trl_dpo import LOAD as DPO_LOAD, TRAIN as DPO_TRAIN
 from taco_app.store.export.trl_stepwise import LOAD as STEPWISE_LOAD, TRAIN as STEPWISE_TRAIN
 from taco_app.store.schema import FeedbackRow, PreferenceRow, SessionRow
@@ -185,6 +184,7 @@ def test_every_source_gives_its_pair_and_every_bad_pair_is_counted(store, judged
     card = (tmp_path / "dpo" / "README.md").read_text("utf-8")
     assert "- **Rows:** 5 preference pairs; 1 distinct images." in card and "**Left out:** 6 pair(s):" in card
     assert "- **Filters:** pair = step." in card and DPO_LOAD in card and DPO_TRAIN in card
+    assert "- **Provenance** of each row (where the pair came from: a preference, a correction, a fork" in card
     assert sorted(p.name for p in (tmp_path / "dpo" / "images").iterdir()) == [Path(rows[rating]["images"][0]).name]
 
 

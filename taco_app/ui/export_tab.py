@@ -31,8 +31,8 @@ def build(studio: Studio) -> None:
         since = gr.Textbox(label="Since (YYYY-MM-DD)", placeholder="any date")
         # A format's own option (trl-dpo's pairs), shown while that format is chosen.
         pairs = list(dict.fromkeys(v for f in FORMATS.values() for v in f.options.get("pair", ())))
-        pair = gr.Radio(pairs, value=pairs[0] if pairs else None, label="Pairs: the two steps, or the rests of the traces",
-                        visible=_takes_pair(list(FORMATS)[0]), elem_id="export-pair")
+        pair = gr.Radio(pairs, value=pairs[0] if pairs else None, visible=_takes_pair(list(FORMATS)[0]),
+                        label="Pairs: the two steps, or the rests of the traces", elem_id="export-pair")
     count = gr.Markdown(elem_id="export-count")
     go = gr.Button("Export", variant="primary", elem_id="export-run")
     download = gr.File(label="Download", interactive=False, elem_id="export-file")

@@ -167,6 +167,7 @@ class ExportFormat:
     unit: str = "session"  # what a row is made from, in the summary and the card: "session" or "pair"
     rows_are: str = "answered sessions"  # the card's words for its rows
     targets: str = CLEAN_TARGETS  # the card's words for what the rows teach
+    provenance_holds: str = "session, model, backend, rating, corrections, app version"  # the card's words
     # Rows only from what people judged (ratings, preferences): a store nobody judged gives none.
     needs_judgments: bool = False
     # The format's own options and their values, the first the default: {"pair": ("step", "trajectory")}.

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from taco_app import __version__
-from taco_app.store.export.base import ExportFormat, provenance  # noqa: F401  (provenance: also read as ``card.provenance``)
+from taco_app.store.export.base import ExportFormat
 from taco_app.store.export.rebuild import REASONS
 
 PROVENANCE = "provenance.jsonl"
@@ -68,8 +68,7 @@ def card(fmt: ExportFormat, dataset: str, counts: Counts, filters: list[str]) ->
     lines += [
         f"- **Filters:** {', '.join(filters) if filters else 'none'}.",
         f"- {fmt.targets}",
-        f"- **Provenance** of each row (session, model, backend, rating, corrections, app version) is in "
-        f"`{PROVENANCE}`, keyed by the row's `id`.",
+        f"- **Provenance** of each row ({fmt.provenance_holds}) is in `{PROVENANCE}`, keyed by the row's `id`.",
         "",
         "## Source models",
         "",
@@ -82,7 +81,8 @@ def card(fmt: ExportFormat, dataset: str, counts: Counts, filters: list[str]) ->
         "",
         "Each row holds the text of the row TACO's data pipeline (SalesforceAIResearch/CoTA) builds from the same "
         "conversation: the goal before the first user turn, every message written part by part (a text part and "
-        "a newline, an image as `<image>` and a newline; in TRL's conversational rows, `trl-sft` and `trl-dpo`, an image part stands there instead), "
+        "a newline, an image as `<image>` and a newline; in TRL's conversational rows, `trl-sft` and `trl-dpo`, "
+        "an image part stands there instead), "
         "and assistant turns as compact JSON steps. One difference: the pipeline deletes every `json` substring "
         "from assistant turns, which corrupts a thought that mentions JSON; these rows keep it.",
         "",

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 from taco_app.cota.prompt import ImagePart, Turn, assistant_turn, text_turn
 from taco_app.store.codec import EDIT_NOTE
 from taco_app.store.export.base import Batch
-from taco_app.store.export.rebuild import CONTROL_TOKENS, Skip, _observation_images, prefix, rebuild, reply, step_target
+from taco_app.store.export.rebuild import CONTROL_TOKENS, Skip, observation_images, prefix, rebuild, reply, step_target
 from taco_app.store.schema import SessionRow, StepRow
 
 SOURCES = ("preference", "correction", "fork", "rating")  # strongest first
@@ -214,7 +214,8 @@ def _rest(session: SessionRow, start: int, *, whole: bool) -> list[Turn]:
         if not whole:
             break
         if step.observation is not None:
-            turns.append(text_turn("user", step.observation, _observation_images(step.observation, step.image_ids or [])))
+            shown = observation_images(step.observation, step.image_ids or [])
+            turns.append(text_turn("user", step.observation, shown))
     while turns and turns[-1].role == "user":  # what came back after the last reply is not the model's
         turns.pop()
     if not turns:

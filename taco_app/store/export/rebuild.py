@@ -152,7 +152,7 @@ def _request(session: SessionRow) -> tuple[list[Turn], list[str]]:
 def _add_step(turns: list[Turn], image_ids: list[str], step: StepRow, target: str) -> None:
     """A step that did not end the session: its target, then the observation that followed it."""
     turns.append(assistant_turn(target))
-    ids = _observation_images(step.observation or "", step.image_ids or [])
+    ids = observation_images(step.observation or "", step.image_ids or [])
     turns.append(text_turn("user", step.observation or "", ids))
     image_ids += ids
 
@@ -207,7 +207,7 @@ def _as_json(action: Action | None) -> Any:
     return None if action is None else json_safe(action.as_dict())
 
 
-def _observation_images(text: str, produced: list[str]) -> list[str]:
+def observation_images(text: str, produced: list[str]) -> list[str]:
     """The ids of the images an observation shows, in order (the tool's images, as recorded)."""
     count = text.count(IMAGE_TOKEN)
     if len(produced) == count:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
-from typing import Any, Iterator
+from typing import Iterator
 
 from taco_app import __version__
 from taco_app.store.export.base import Batch, ExportFormat, Left, Made, loading_code, session_provenance
@@ -67,6 +67,9 @@ class TrlDpo(ExportFormat):
         "prompt's steps and the chosen step are clean targets, corrections applied; the rejected step is what the "
         "model wrote, kept as written even when it is not a CoTA step in JSON."
     )
+    provenance_holds = ("where the pair came from: a preference, a correction, a fork or two ratings; the step "
+                        "where the two differ; both sessions, with their model, backend, ratings and corrections; "
+                        "app version")
     needs_judgments = True
     options = MappingProxyType({"pair": MODES})
 
@@ -119,9 +122,7 @@ class TrlDpo(ExportFormat):
             "the image paths, relative to this folder, are joined to it and decoded:\n\n"
             f"```python\n{LOAD}```\n\n"
             "Then train a vision-language model on it:\n\n"
-            f"```python\n{TRAIN}```\n\n"
-            "Where each pair came from (a preference, a correction, a fork, two ratings) and both sessions are\n"
-            "in `provenance.jsonl`, keyed by the row's `id`.\n"
+            f"```python\n{TRAIN}```\n"
         )
 
 

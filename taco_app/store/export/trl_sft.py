@@ -57,7 +57,8 @@ def messages(sample: Sample) -> list[dict[str, Any]]:
 
 
 def turn_messages(turns: list[Turn], *, first: bool = True) -> list[dict[str, Any]]:
-    """Turns as TRL's conversational messages; ``first``: ``turns[0]`` is the conversation's first (the goal before it)."""
+    """Turns as TRL's conversational messages; ``first``: ``turns[0]`` is the conversation's first turn
+    (the goal goes before it)."""
     return [{"role": turn.role,
              "content": user_content(training_text(turn, first=first and i == 0)) if turn.role == "user"
              else [{"type": "text", "text": turn.text}]}
