@@ -258,6 +258,32 @@ def test_pair_is_an_option_of_trl_dpo_only(store, judged, tmp_path, capsys):
     assert len(_rows(tmp_path / "t")) == 4
 
 
+
+def test_a_fork_made_by_the_fork_command_gives_its_pair(store, tmp_path):
+    """A real fork (taco_app.fork): its copied first steps are the parent's, so the pair is at the fork step,
+    and the prompt shows the image the parent's Crop made before it."""
+    from taco_app.fork import fork, plan_fork
+    from taco_app.tools import default_tools
+
+    crop = '{"thought":"look closer","actions":[{"name":"Crop","arguments":{"image":"image-0","bbox":[0,0,0.5,0.5]}}]}'
+    parent = _record(store, [crop, WRONG, DONE6])
+    plan = plan_fork(store, parent, 2, action={"name": "Calculate", "arguments": {"expression": "2+3"}})
+    child = list(store.record(fork(plan, ReplayBackend([DONE]), tools=default_tools(), sink=store.images)))[-1].session_id
+    again = list(store.record(fork(plan_fork(store, parent, 1), ReplayBackend([crop, WRONG, DONE6]),
+                                   tools=default_tools(), sink=store.images)))[-1].session_id  # ran the same again
+
+    result = export(store, tmp_path / "dpo", "trl-dpo")
+    (row,) = _rows(tmp_path / "dpo")
+    assert row["id"] == f"taco-studio-{child}-over-{parent}-step2"
+    assert result.skipped == [f"{again} over {parent} (fork): {REASONS['same-step']} (the two sessions ran the same steps)"]
+    (chosen,), (rejected,) = row["chosen"], row["rejected"]
+    assert json.loads(chosen["content"][0]["text"])["actions"] == [{"name": "Calculate", "arguments": {"expression": "2+3"}}]
+    assert rejected["content"][0]["text"] == WRONG
+    assert len(row["images"]) == _image_parts(row["prompt"]) == 2  # the input, and the Crop's picture in step 1's observation
+    check_pair_images(row)
+    trajectory = export(store, tmp_path / "t", "trl-dpo", pair="trajectory")
+    assert trajectory.count == 1 and _text(_rows(tmp_path / "t")[0]["rejected"])[::2] == [("assistant", WRONG), ("assistant", DONE6)]
+
 # --- trl-stepwise -----------------------------------------------------------------------------------
 
 
