@@ -9,7 +9,6 @@ and turns events into component updates with :mod:`taco_app.ui.render` and
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -27,11 +26,9 @@ from taco_app.settings import current
 from taco_app.tools import default_tools
 from taco_app.ui import overlays, render
 from taco_app.ui.errors import inform, warn
-from taco_app.ui.live import LiveRun, Owner, Registry, owner
+from taco_app.ui.live import (LiveRun, ModelLoadError, Owner, Registry, finished, follow, latest_picture, loading,
+                              owner, redraws, stored)
 from taco_app.ui.studio import Studio
-
-STREAM_INTERVAL_S = 0.05  # at most ~20 updates a second while text streams; every other event at once
-
 
 @dataclass
 class ReviewPanel:
@@ -86,11 +83,12 @@ class AskPage:
                 self.review.text, self.review.name, self.review.arguments, self.manual.box]
 
 
-def build(studio: Studio, registry: Registry) -> None:
+def build(studio: Studio, registry: Registry) -> AskPage:
     """The Ask tab's components and events (call inside a ``gr.Tab``)."""
     page = _layout(studio)
     _wire_run(studio, registry, page)
     _wire_hand_offs(registry, page)
+    return page
 
 
 def _layout(studio: Studio) -> AskPage:
@@ -114,7 +112,7 @@ def _layout(studio: Studio) -> AskPage:
                               group_consecutive_messages=False,
                               latex_delimiters=[])  # no LaTeX: "$$" in a tool's output is text (render.py)
             info = gr.Markdown(elem_id="ask-info")
-            review, manual = _review_panel(), _manual_panel()
+            review, manual = _review_panel(), manual_panel()
         with gr.Column(scale=4):
             step = gr.Dropdown(label="Step to show", choices=[], interactive=True, elem_id="overlay-step")
             picture = gr.Image(label="What the tool saw", type="filepath", interactive=False, height=420,
@@ -141,13 +139,15 @@ def _review_panel() -> ReviewPanel:
     return ReviewPanel(box, text, name, arguments, approve, reject)
 
 
-def _manual_panel() -> ManualPanel:
-    with gr.Group(visible=False, elem_id="manual-panel") as box:
+def manual_panel(prefix: str = "") -> ManualPanel:
+    """The form a manual run waits on (``prefix``: for its element ids, when a second tab has one)."""
+    with gr.Group(visible=False, elem_id=f"{prefix}manual-panel") as box:
         gr.Markdown("**Your step.** Write what the model would: a thought and one action. The tool runs live.")
-        thought = gr.Textbox(label="Thought", lines=2)
-        name = gr.Dropdown(action_names(), label="Action", value="OCR")
-        arguments = gr.Code(label="Arguments (JSON)", language="json", value='{"image": "image-0"}')
-        submit = gr.Button("Submit step", variant="primary", elem_id="manual-submit")
+        thought = gr.Textbox(label="Thought", lines=2, elem_id=f"{prefix}manual-thought")
+        name = gr.Dropdown(action_names(), label="Action", value="OCR", elem_id=f"{prefix}manual-action")
+        arguments = gr.Code(label="Arguments (JSON)", language="json", value='{"image": "image-0"}',
+                            elem_id=f"{prefix}manual-arguments")
+        submit = gr.Button("Submit step", variant="primary", elem_id=f"{prefix}manual-submit")
     return ManualPanel(box, thought, name, arguments, submit)
 
 
@@ -207,6 +207,13 @@ def _wire_hand_offs(registry: Registry, page: AskPage) -> None:
 
     review.reject.click(reject_action, None, review.box, concurrency_limit=None)
 
+    wire_manual(registry, manual)
+
+
+def wire_manual(registry: Registry, manual: ManualPanel, api_name: str | bool | None = None) -> None:
+    """A manual panel's Submit step: hands the step to this browser session's waiting manual run
+    (``api_name``: Gradio's, None for the handler's name, False for none)."""
+
     def submit_step(thought, name, arguments, request: gr.Request):
         from taco_app.backends.manual import compose_step
 
@@ -220,7 +227,7 @@ def _wire_hand_offs(registry: Registry, page: AskPage) -> None:
         return gr.update(visible=False)
 
     manual.submit.click(submit_step, [manual.thought, manual.name, manual.arguments], manual.box,
-                        concurrency_limit=None)
+                        concurrency_limit=None, api_name=api_name)
 
 
 def show_inputs(paths: list[str] | None) -> list[tuple[str, str]]:
@@ -269,47 +276,20 @@ def run_session(studio: Studio, registry: Registry, page: AskPage, key: Owner, p
     if backend.name == "manual":
         live.manual = backend
     if not backend.loaded:  # the local checkpoint's first use: load it, showing progress
-        yield from _load(backend, page)
-    view = render.ChatView()
+        try:
+            for line in loading(backend):
+                yield {page.info: line}
+        except ModelLoadError as err:
+            raise gr.Error(str(err))
     started = time.perf_counter()
     first_update: float | None = None
-    last_yield = 0.0
     session = run(question.strip(), images, backend, tools=default_tools(), cancel=live.cancel,
                   review=live.review if paused else None, tool_timeout_s=current().tool_timeout,
                   sink=studio.store.images)  # where the store (and the page) finds them
-    for event in studio.store.record(session):
-        live.events.append(event)
-        view.add(event)
-        streaming = isinstance(event, ev.ThoughtDelta)
-        now = time.perf_counter()
-        if streaming and now - last_yield < STREAM_INTERVAL_S:
-            continue
-        last_yield = now
+    for event, view in follow(studio.store, live, session):
         if first_update is None:
-            first_update = now - started
+            first_update = time.perf_counter() - started
         yield _updates(page, studio, live, view, event, first_update)
-    yield _updates(page, studio, live, view, None, first_update)
-
-
-def _load(backend: Any, page: AskPage) -> Iterator[dict[Any, Any]]:
-    """Load the checkpoint in a thread, yielding its progress as the run's info line."""
-    errors: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            backend.load()
-        except BaseException as err:  # reported below, in the page
-            errors.append(err)
-
-    loader = threading.Thread(target=load, name="taco-model-load", daemon=True)
-    loader.start()
-    while loader.is_alive():
-        progress, stage = backend.load_progress()
-        bar = "█" * int(progress * 20) + "░" * (20 - int(progress * 20))
-        yield {page.info: f"Loading the model: `{bar}` {progress:.0%} · {render.escape_text(stage)}"}
-        loader.join(timeout=0.25)
-    if errors:
-        raise gr.Error(f"The model could not be loaded: {errors[0]}")
 
 
 def _updates(page: AskPage, studio: Studio, live: LiveRun, view: render.ChatView, event: ev.Event | None,
@@ -320,29 +300,22 @@ def _updates(page: AskPage, studio: Studio, live: LiveRun, view: render.ChatView
     a panel's visibility) costs the server a config rebuild, so only what changed is included.
     """
     updates: dict[Any, Any] = {page.chat: view.messages()}
-    if event is None or isinstance(event, (ev.Observation, ev.ParseError, ev.SessionStarted, ev.Finished)):
+    if redraws(event):
         updates.update(_overlay_updates(page, studio, live))
     updates.update(_panel_updates(page, live, event))
-    finished = next((e for e in reversed(live.events) if isinstance(e, ev.Finished)), None)
-    if finished is not None and event is None:
+    ended = finished(live.events)
+    if ended is not None and event is None:
         updates[page.info] = (
-            f"Session `{finished.session_id}` · {finished.status} · {finished.steps} step(s) · {finished.total_s:.2f} s"
+            f"Session `{ended.session_id}` · {ended.status} · {ended.steps} step(s) · {ended.total_s:.2f} s"
             + (f" · first update after {first_update * 1000:.0f} ms" if first_update is not None else "")
-            + (" · saved; open it in the Review tab." if _stored(live.events)
-               else f" · **not saved:** {render.escape_text(finished.message)}"))
+            + (" · saved; open it in the Review tab." if stored(live.events)
+               else f" · **not saved:** {render.escape_text(ended.message)}"))
     return updates
 
 
 def _overlay_updates(page: AskPage, studio: Studio, live: LiveRun) -> dict[Any, Any]:
     """The step selector, the picture of the latest step that drew something, and the images seen."""
-    choices = render.step_choices(live.events)
-    latest, picture, text = None, None, ""
-    for _label, number in reversed(choices):  # the latest step with something to draw (not Terminate)
-        image, words = overlays.render_step(live.events, number)
-        if latest is None or image is not None:
-            latest, picture, text = number, image, words
-        if image is not None:
-            break
+    choices, latest, picture, text = latest_picture(live.events)
     updates: dict[Any, Any] = {}
     if (choices, latest) != live.shown_steps:
         updates[page.step] = gr.update(choices=choices, value=latest)
@@ -373,7 +346,3 @@ def _panel_updates(page: AskPage, live: LiveRun, event: ev.Event | None) -> dict
         live.panels["manual"] = wants_manual
     return updates
 
-
-def _stored(events: list[ev.Event]) -> bool:
-    """False when the store could not keep the session (the database or the disk failed)."""
-    return not any(isinstance(e, ev.Error) and e.code == "store" for e in events)
