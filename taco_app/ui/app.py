@@ -1,4 +1,4 @@
-"""The web app: the Ask, Review, Export and Doctor tabs in one Gradio Blocks, and how it is served.
+"""The web app: the Ask, Review, Compare, Export and Doctor tabs in one Gradio Blocks, and how it is served.
 
 It binds to 127.0.0.1 unless told otherwise; ``--share`` and basic auth are opt-in. Every browser
 session has its own live run (:mod:`taco_app.ui.live`); all of them share one store and one model.
@@ -44,16 +44,18 @@ def build_app(studio: Studio) -> gr.Blocks:
     global gr
     import gradio as gr
 
-    from taco_app.ui import ask, errors, export_tab, review
+    from taco_app.ui import ask, compare, errors, export_tab, forking, review
 
     registry = Registry()
     with gr.Blocks(title="TACO Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown(f"## TACO Studio <small>{__version__}</small>")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Ask", id="ask"):
-                ask.build(studio, registry)
+                asking = ask.build(studio, registry)
             with gr.Tab("Review", id="review", elem_id="tab-review"):
-                review.build_review(studio)
+                reviewing = review.build_review(studio)
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+                comparing = compare.build(studio)
             with gr.Tab("Export", id="export"):
                 export_tab.build(studio)
             with gr.Tab("Doctor", id="doctor"):
@@ -67,6 +69,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                 settings = gr.Dataframe(headers=list(SETTING_HEADERS), interactive=False, wrap=True,
                                         elem_id="doctor-settings")
                 app.load(doctor_settings, None, settings)
+
+        # Forks run with the Ask tab's model and stream into Review; Review opens Compare and back.
+        forking.wire(studio, registry, reviewing, asking.choice)
+        compare.wire_review(studio, tabs, reviewing, comparing)
 
         def forget(request: gr.Request) -> None:  # the tab closed: stop its run, drop its state
             registry.forget(owner(request))
@@ -111,13 +117,15 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False,
         studio = studio or Studio(Store.open())
         studio.scratch = scratch
         app = build_app(studio)
+        from taco_app.ui.compare import CSS as COMPARE_CSS  # after build_app: Gradio is imported by now
+
         app.queue(default_concurrency_limit=None)
         if block:
             _stop_on_sigterm()
         # show_error=False: an exception's own text (SQL, a model's words) never reaches the page (errors.py).
         app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
                    allowed_paths=[str(studio.store.images_root), str(scratch.overlays.root)], show_error=False,
-                   quiet=True, css=CSS, footer_links=[], max_file_size=MAX_UPLOAD, ssr_mode=False,
+                   quiet=True, css=CSS + COMPARE_CSS, footer_links=[], max_file_size=MAX_UPLOAD, ssr_mode=False,
                    app_kwargs={"lifespan": scratch.lifespan, "middleware": [_login_for_cancel()]})
     except BaseException:
         scratch.remove()

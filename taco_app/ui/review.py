@@ -1,8 +1,11 @@
-"""The Review tab: find a stored session, step through it, judge it, correct it.
+"""The Review tab: find a stored session, step through it, judge it, correct it, see its forks.
 
 A stored session is turned back into events (:func:`taco_app.store.codec.trace_events`) and shown by
-the same functions as a live run. Every rating, correction and note is saved as it is given. The
-good sessions leave through the Export tab (:mod:`taco_app.ui.export_tab`).
+the same functions as a live run. Every rating, correction and note is saved as it is given; a bad
+step says whose fault it was (the model's, or the tool's observation). The session's parent and
+forks are listed, each opened with a click. Forking from a step is :mod:`taco_app.ui.forking`;
+comparing two sessions side by side, :mod:`taco_app.ui.compare`. The good sessions leave through the
+Export tab (:mod:`taco_app.ui.export_tab`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from taco_app.cota.actions import Action
 from taco_app.store import codec, queries
 from taco_app.store.export.rebuild import keeps_observation
 from taco_app.ui import overlays, render
+from taco_app.ui.ask import ManualPanel, manual_panel
 from taco_app.ui.studio import Studio
 
 COLUMNS = ["id", "when", "question", "answer", "status", "steps", "rating", "model"]
+FAMILY_COLUMNS = ["relation", "fork step", "id", "answer", "status", "steps", "rating"]
 STATUSES = ["any", "finished", "failed", "cancelled", "max_steps", "interrupted", "running"]
 
 
@@ -57,12 +62,18 @@ def _table(studio: Studio, text: str, status: str, rating: str, tool: str, page:
     return rows, f"{result.total} session(s) · page {result.page} of {result.pages}"
 
 
+STEP_VERDICTS = {("up", None): "good", ("down", None): "bad", ("down", "model"): "bad: the model's",
+                 ("down", "tool"): "bad: the tool's"}
+
+
 def _feedback_text(trace: queries.Trace) -> str:
     lines = [f"**Session rating:** {trace.rating or 'none'}"]
     if trace.corrected_answer is not None:
         lines.append(f"**Corrected answer:** {render.escape_text(trace.corrected_answer)}")
     if trace.step_ratings:
-        lines.append("**Step ratings:** " + ", ".join(f"step {k}: {v}" for k, v in sorted(trace.step_ratings.items())))
+        verdicts = (f"step {k}: {STEP_VERDICTS.get((v, trace.step_blame.get(k)), v)}"
+                    for k, v in sorted(trace.step_ratings.items()))
+        lines.append("**Steps:** " + ", ".join(verdicts))
     if trace.corrected_steps:
         lines.append("**Corrected steps:** " + ", ".join(str(k) for k in sorted(trace.corrected_steps)))
     notes = [f for f in trace.feedback if f.note]
@@ -85,6 +96,8 @@ class ReviewPage:
     total: gr.Markdown
     table: gr.Dataframe
     session_id: gr.Textbox
+    lineage: gr.Markdown  # the session's parent and forks, in words
+    family: gr.Dataframe  # the same, one row each: a click opens it
     slider: gr.Slider
     previous: gr.Button
     following: gr.Button
@@ -94,12 +107,20 @@ class ReviewPage:
     feedback: gr.Markdown
     up: gr.Button
     down: gr.Button
-    step_up: gr.Button
-    step_down: gr.Button
+    step_good: gr.Button
+    step_model: gr.Button  # a bad step, the model's fault: it misused a correct observation
+    step_tool: gr.Button  # a bad step, the tool's fault: its observation was wrong
     answer: gr.Textbox
     save_answer: gr.Button
     step_text: gr.Code
     save_step: gr.Button
+    fork: gr.Button
+    run_again: gr.Button
+    fork_stop: gr.Button
+    fork_info: gr.Markdown
+    manual: ManualPanel  # a manual fork waits here for the person's next step
+    compare_with: gr.Dropdown
+    compare: gr.Button
     note: gr.Textbox
     save_note: gr.Button
 
@@ -108,15 +129,21 @@ class ReviewPage:
 
     def shown(self) -> list[Any]:
         """What showing a stored step updates, in the order its API (show_stored_step) returns them."""
-        return [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text]
+        return [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text, self.fork]
+
+    def opened(self) -> list[Any]:
+        """What opening a session updates, in the order its API (open_session) returns them."""
+        return [self.session_id, *self.shown(), self.lineage, self.family, self.compare_with]
 
 
-def build_review(studio: Studio) -> None:
-    """The Review tab's components and events (call inside a ``gr.Tab``)."""
+def build_review(studio: Studio) -> ReviewPage:
+    """The Review tab's components and events (call inside a ``gr.Tab``); forks and comparisons are
+    wired by their modules, which need other tabs' components too."""
     page = _layout()
     _wire_search(studio, page)
     _wire_steps(studio, page)
     _wire_feedback(studio, page)
+    return page
 
 
 def _layout() -> ReviewPage:
@@ -130,6 +157,13 @@ def _layout() -> ReviewPage:
     total = gr.Markdown()
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="review-table", max_height=320)
     session_id = gr.Textbox(label="Session", interactive=False, elem_id="review-session")
+    with gr.Row(equal_height=True):
+        lineage = gr.Markdown(elem_id="review-lineage")
+        compare_with = gr.Dropdown([], label="Compare with: its parent, a fork, or any session id", scale=2,
+                                   allow_custom_value=True, elem_id="review-compare-with")
+        compare = gr.Button("Compare side by side", scale=1, elem_id="review-compare")
+    family = gr.Dataframe(headers=FAMILY_COLUMNS, interactive=False, wrap=True, visible=False, max_height=200,
+                          elem_id="review-family", label="Parent and forks: click one to open it")
     with gr.Row():
         with gr.Column(scale=5):
             slider = gr.Slider(1, 11, step=1, value=1, label="Show steps up to", elem_id="review-slider")
@@ -146,17 +180,33 @@ def _layout() -> ReviewPage:
             with gr.Row():
                 up = gr.Button("▲ Session", elem_id="rate-up")
                 down = gr.Button("▼ Session", elem_id="rate-down")
-                step_up = gr.Button("▲ Step", elem_id="rate-step-up")
-                step_down = gr.Button("▼ Step", elem_id="rate-step-down")
+            with gr.Row():
+                step_good = gr.Button("Good step", elem_id="rate-step-up")
+                step_model = gr.Button("Bad step: model", elem_id="rate-step-model")
+                step_tool = gr.Button("Bad step: tool", elem_id="rate-step-tool")
+            gr.Markdown("*Bad step: model* — the model misused a correct observation. *Bad step: tool* — the"
+                        " tool's observation was wrong (an OCR misread, a wrong box).")
             answer = gr.Textbox(label="Correct the answer", lines=1)
             save_answer = gr.Button("Save answer")
-            step_text = gr.Code(label="Correct the shown step (CoTA JSON)", language="json")
-            save_step = gr.Button("Save step")
+            step_text = gr.Code(label="The shown step (CoTA JSON): correct it, or edit it and fork", language="json",
+                                elem_id="review-step-text")
+            with gr.Row():
+                save_step = gr.Button("Save step", min_width=80)
+                fork = gr.Button("Fork from step 1", variant="primary", min_width=80, elem_id="review-fork")
+                run_again = gr.Button("Run again", min_width=80, elem_id="review-run-again")
+                fork_stop = gr.Button("Stop", variant="stop", min_width=60, elem_id="review-fork-stop")
+            fork_info = gr.Markdown("A fork keeps the steps before the shown one, runs the edited step with the real"
+                                    " tools, and lets the Ask tab's model write the rest.", elem_id="review-fork-info")
+            manual = manual_panel("review-")
             note = gr.Textbox(label="Note", lines=2)
             save_note = gr.Button("Save note")
-    return ReviewPage(search, status, rating, tool, page, refresh, total, table, session_id, slider, previous,
-                      following, chat, picture, caption, feedback, up, down, step_up, step_down, answer, save_answer,
-                      step_text, save_step, note, save_note)
+    return ReviewPage(search=search, status=status, rating=rating, tool=tool, page=page, refresh=refresh, total=total,
+                      table=table, session_id=session_id, lineage=lineage, family=family, slider=slider,
+                      previous=previous, following=following, chat=chat, picture=picture, caption=caption,
+                      feedback=feedback, up=up, down=down, step_good=step_good, step_model=step_model,
+                      step_tool=step_tool, answer=answer, save_answer=save_answer, step_text=step_text,
+                      save_step=save_step, fork=fork, run_again=run_again, fork_stop=fork_stop, fork_info=fork_info,
+                      manual=manual, compare_with=compare_with, compare=compare, note=note, save_note=save_note)
 
 
 def _wire_search(studio: Studio, page: ReviewPage) -> None:
@@ -168,20 +218,74 @@ def _wire_search(studio: Studio, page: ReviewPage) -> None:
 
 
 def _wire_steps(studio: Studio, page: ReviewPage) -> None:
-    """Opening a session from the table, and stepping through it with the slider and the buttons."""
+    """Opening a session (from the table, or its parent or a fork from the lineage table), and stepping
+    through it with the slider and the buttons."""
 
-    def open_session(event: gr.SelectData, rows):
-        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-        return rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
+    def pick_row(event: gr.SelectData, rows):
+        return _picked(event, rows, 0)
+
+    def pick_relative(event: gr.SelectData, rows):
+        return _picked(event, rows, FAMILY_COLUMNS.index("id"))
+
+    def open_session(identifier):
+        return show_session(studio, page, identifier)
 
     def load(identifier, upto=None):
         return _show_stored(studio, page, identifier, upto)
 
     shown, at = page.shown(), [page.session_id, page.slider]
-    page.table.select(open_session, page.table, page.session_id).then(load, page.session_id, shown)
+    page.table.select(pick_row, page.table, page.session_id, api_name=False).then(
+        open_session, page.session_id, page.opened(), api_name=False)
+    page.family.select(pick_relative, page.family, page.session_id, api_name=False).then(
+        open_session, page.session_id, page.opened(), api_name=False)
+    # For API clients (and the tests): open any session by its id.
+    page.session_id.submit(open_session, page.session_id, page.opened(), api_name="open_session")
     page.slider.release(load, at, shown, api_name="show_stored_step")
     page.previous.click(lambda s, k: load(s, (k or 1) - 1), at, shown)
     page.following.click(lambda s, k: load(s, (k or 1) + 1), at, shown)
+
+
+def _picked(event: Any, rows: Any, column: int) -> str:
+    row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+    return rows.iloc[row, column] if hasattr(rows, "iloc") else rows[row][column]
+
+
+def show_session(studio: Studio, page: ReviewPage, identifier: str | None) -> dict[Any, Any]:
+    """The page with session ``identifier`` open at its last step: its steps, lineage and comparisons."""
+    identifier = (identifier or "").strip()
+    if identifier and queries.get_trace(studio.store, identifier) is None:
+        raise gr.Error(f"There is no session {identifier!r} in the store.")
+    updates = _show_stored(studio, page, identifier or None, None)
+    words, rows, choices = _lineage(studio, identifier) if identifier else ("", [], [])
+    updates.update({page.session_id: identifier, page.lineage: words,
+                    page.family: gr.update(value=rows, visible=bool(rows)),
+                    page.compare_with: gr.update(choices=choices, value=choices[0][1] if choices else None)})
+    return updates
+
+
+def _lineage(studio: Studio, identifier: str) -> tuple[str, list[list[Any]], list[tuple[str, str]]]:
+    """The session's parent and forks: in words, as table rows, and as choices to compare with."""
+    family = queries.lineage(studio.store, identifier)
+    rows: list[list[Any]] = []
+    choices: list[tuple[str, str]] = []
+    words = []
+    if family.parent is not None:
+        words.append(f"**Forked from** `{family.parent.id}` at step {family.fork_step}.")
+        rows.append(["parent", family.fork_step, *_family_row(family.parent)])
+        choices.append((f"its parent, {family.parent.id} (forked at step {family.fork_step})", family.parent.id))
+    elif family.parent_id is not None:
+        words.append(f"**Forked from** `{family.parent_id}` at step {family.fork_step}, no longer stored.")
+    for child, step in family.children:
+        rows.append(["fork", step, *_family_row(child)])
+        choices.append((f"its fork {child.id} (from step {step})", child.id))
+    if family.children:
+        words.append(f"**Forks:** {len(family.children)} (listed below).")
+    return " ".join(words) or "Not a fork, and not forked yet.", rows, choices
+
+
+def _family_row(summary: queries.SessionSummary) -> list[Any]:
+    answer = render.answer_text(summary.answer)[:80] if summary.answer is not None else ""
+    return [summary.id, answer, summary.status, summary.steps, summary.rating or ""]
 
 
 def _show_stored(studio: Studio, page: ReviewPage, identifier: str | None, upto: Any) -> dict[Any, Any]:
@@ -189,7 +293,8 @@ def _show_stored(studio: Studio, page: ReviewPage, identifier: str | None, upto:
     trace = queries.get_trace(studio.store, identifier) if identifier else None
     if trace is None:
         return {page.chat: [], page.slider: gr.update(), page.picture: None,
-                page.caption: "Pick a session in the table.", page.feedback: "", page.step_text: ""}
+                page.caption: "Pick a session in the table.", page.feedback: "", page.step_text: "",
+                page.fork: gr.update()}
     events = codec.trace_events(trace)
     steps = [n for _label, n in render.step_choices(events)] or [1]
     last = steps[-1]
@@ -197,11 +302,13 @@ def _show_stored(studio: Studio, page: ReviewPage, identifier: str | None, upto:
     shown = [e for e in events if e.step <= upto] if upto < last else events
     image, text = _step_picture(events, upto)
     return {page.chat: render.chat_messages(shown),
-            page.slider: gr.update(minimum=1, maximum=max(last, 1), value=upto),
+            # A slider needs two values: a one-step session gets 1 to 2 (2 shows step 1 too).
+            page.slider: gr.update(minimum=1, maximum=max(last, 2), value=upto),
             page.picture: studio.picture(image),
             page.caption: render.escape_text(text),
             page.feedback: _feedback_text(trace),
-            page.step_text: _step_json(trace, upto, trace.corrected_steps.get(upto))}
+            page.step_text: step_json(trace, upto, trace.corrected_steps.get(upto)),
+            page.fork: gr.update(value=f"Fork from step {upto}")}
 
 
 def _step_picture(events: list[Any], upto: int) -> tuple[Any, str]:
@@ -220,15 +327,22 @@ def _wire_feedback(studio: Studio, page: ReviewPage) -> None:
     """Ratings, corrections and notes: each saved at once, then the feedback summary shown again."""
     at = [page.session_id, page.slider]
 
-    def rate(identifier, upto, value, on_step):
+    def rate(identifier, upto, value, on_step, blame=None):
         _need(identifier)
-        queries.rate(studio.store, identifier, value, step=int(upto) if on_step else None)
-        return _saved(studio, identifier, f"Rated {'step ' + str(int(upto)) if on_step else 'the session'} {value}.")
+        step = int(upto) if on_step else None
+        try:
+            queries.rate(studio.store, identifier, value, step=step, blame=blame)
+        except ValueError as err:  # e.g. the session was deleted meanwhile
+            raise gr.Error(f"Not saved: {err}.")
+        if step is None:
+            return _saved(studio, identifier, f"Rated the session {value}.")
+        return _saved(studio, identifier, f"Step {step} saved as {STEP_VERDICTS[value, blame]}.")
 
     page.up.click(lambda s, k: rate(s, k, "up", False), at, page.feedback, api_name="rate_up")
-    page.down.click(lambda s, k: rate(s, k, "down", False), at, page.feedback)
-    page.step_up.click(lambda s, k: rate(s, k, "up", True), at, page.feedback)
-    page.step_down.click(lambda s, k: rate(s, k, "down", True), at, page.feedback)
+    page.down.click(lambda s, k: rate(s, k, "down", False), at, page.feedback, api_name="rate_down")
+    page.step_good.click(lambda s, k: rate(s, k, "up", True), at, page.feedback, api_name="good_step")
+    page.step_model.click(lambda s, k: rate(s, k, "down", True, "model"), at, page.feedback, api_name="bad_step_model")
+    page.step_tool.click(lambda s, k: rate(s, k, "down", True, "tool"), at, page.feedback, api_name="bad_step_tool")
 
     def fix_answer(identifier, upto, text):
         _need(identifier)
@@ -283,7 +397,7 @@ def _saved(studio: Studio, identifier: str, message: str) -> str:
     return _feedback_text(trace) if trace else ""
 
 
-def _step_json(trace: queries.Trace, upto: int, corrected: Any) -> str:
+def step_json(trace: queries.Trace, upto: int, corrected: Any) -> str:
     if corrected is not None:
         return json.dumps(corrected, ensure_ascii=False, indent=1)
     row = next((s for s in trace.steps if s["index"] == upto), None)

@@ -68,8 +68,11 @@ class Studio:
     def example(self, label: str) -> ExampleChoice | None:
         return next((e for e in self.examples if e.label == label), None)
 
-    def backend(self, label: str, *, cancel: Any = None) -> Backend:
-        """A backend for one run; BackendError says why it cannot be had."""
+    def backend(self, label: str, *, cancel: Any = None, replayed: int = 0) -> Backend:
+        """A backend for one run; BackendError says why it cannot be had.
+
+        ``replayed``: for a replayed example, how many of its recorded replies the session already has
+        (a fork continues the recording from its fork point)."""
         if label == LOCAL:
             if self.local is None:
                 raise BackendError(f"no local TACO model: {self.local_reason}")
@@ -84,7 +87,9 @@ class Studio:
             return ManualBackend(cancel=cancel)
         example = self.example(label)
         if example is not None:
-            return ReplayBackend.from_file(example.script)
+            backend = ReplayBackend.from_file(example.script)
+            backend.outputs = backend.outputs[replayed:]
+            return backend
         raise BackendError(f"unknown model choice {label!r}")
 
     # --- words for the page ---------------------------------------------------------------------
