@@ -1,7 +1,9 @@
 """The web app in a real browser: Debian's Chromium driven by Playwright, against a server on 127.0.0.1.
 
 Upload an image, run a replayed example, watch it stream, open a tool step, see the overlay, find
-the session in Review and rate it, export and download the zip. Screenshots go to
+the session in Review and rate it, export and download the zip. Fork a session from an edited step
+and watch the fork stream, compare it with its parent side by side, prefer one, export the
+preference as trl-dpo. Screenshots go to
 ``$TACO_SCREENSHOTS`` (the README's come from here) or the test's temporary folder.
 """
 
@@ -186,4 +188,127 @@ def test_bad_input_in_the_page(app, browser, pixel, monkeypatch):
     assert chat.locator("a").count() == 0 and page.locator(".katex, .latex-block").count() == 0
     assert toast.locator("img, a").count() == 0 and "re-login" not in toast.inner_text()
     assert pixel[1] == [], pixel[1]
+    page.close()
+
+
+PREMIUM_STEP = {"thought": "The question is about premium: $3.89 a gallon.",
+                "actions": [{"name": "Calculate", "arguments": {"expression": "50 / 3.89"}}]}
+
+
+def stored_fuel_session(store) -> str:
+    """A finished fuel-sign session in the app's store, on scripted replies: a Crop of the sign,
+    the regular price, the answer."""
+    from PIL import Image
+
+    from taco_app.backends.replay import ReplayBackend
+
+    from .conftest import run_loop
+
+    replies = [{"thought": "The prices are on the sign; I look closer.",
+                "actions": [{"name": "Crop", "arguments": {"image": "image-0", "bbox": [0.1, 0.05, 0.9, 0.7]}}]},
+               {"thought": "Regular is $3.49 a gallon.",
+                "actions": [{"name": "Calculate", "arguments": {"expression": "50 / 3.49"}}]},
+               {"thought": "About 14.33 gallons.",
+                "actions": [{"name": "Terminate", "arguments": {"answer": "About 14.33 gallons of regular gas"}}]}]
+    photo = Image.open(EXAMPLES / "fuel_prices.png").convert("RGB")
+    backend = ReplayBackend([json.dumps(reply) for reply in replies])
+    events = list(store.record(run_loop("How much gas can I buy with $50?", [photo], backend, sink=store.images)))
+    assert events[-1].status == "finished"
+    return events[-1].session_id
+
+
+def replace_code(page, selector: str, text: str) -> None:
+    """Replace a code editor's text (inserted as a paste: no brackets closed for us)."""
+    page.locator(f"{selector} .cm-content").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(text)
+
+
+def test_fork_compare_prefer_and_export_in_a_browser(app, browser, shots, tmp_path):
+    """Open a session in Review, edit step 2 and fork it (manual mode: the new trace streams, then waits
+    for the person's step 3), open its parent from the lineage, compare the two side by side, record a
+    preference, and export it as trl-dpo."""
+    from taco_app.store import queries
+
+    url, studio = app
+    parent = stored_fuel_session(studio.store)
+    page = browser.new_page(viewport={"width": 1440, "height": 1100}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.locator("#ask-run").wait_for()
+    choose_model(page, "Manual: write each step yourself")  # the model forks run with
+
+    page.get_by_role("tab", name="Review").click()
+    page.locator("#review-search input, #review-search textarea").first.fill("gas")
+    page.locator("#review-refresh").click()
+    page.locator("#review-table").locator(f"text={parent} >> visible=true").first.click()
+    page.locator("#review-chat").get_by_text("Answer:").wait_for(timeout=30_000)
+    page.get_by_role("button", name="◀ Previous step").click()
+    page.get_by_role("button", name="Fork from step 2").wait_for(timeout=10_000)
+    page.locator("#review-step-text").get_by_text("50 / 3.49").wait_for(timeout=10_000)
+    replace_code(page, "#review-step-text", json.dumps(PREMIUM_STEP, indent=1))
+    page.get_by_role("button", name="Fork from step 2").click()
+
+    # The fork streams: steps 1 and 2 (the edit, run with the real Calculate), then it waits for step 3.
+    panel = page.locator("#review-manual-panel").first  # Gradio nests a shown group in one with its id
+    panel.wait_for(state="visible", timeout=60_000)
+    chat = page.locator("#review-chat")
+    chat.get_by_text(re.compile(r"Step 2 · Calculate")).first.wait_for(timeout=10_000)
+    info = page.locator("#review-fork-info")
+    said = info.inner_text()
+    assert f"Forking {parent} at step 2, edited" in said and "Manual mode: write step 3" in said, said
+    assert "Answer:" not in chat.inner_text(), "the fork is still running: no answer yet"
+    page.screenshot(path=str(shots / "review-fork.png"), full_page=True)
+    panel.locator("#review-manual-thought textarea").fill("About 12.85 gallons of premium.")
+    panel.locator("#review-manual-action input").click()
+    page.get_by_role("option", name="Terminate", exact=True).click()
+    replace_code(page, "#review-manual-arguments", '{"answer": "About 12.85 gallons of premium gas"}')
+    panel.locator("#review-manual-submit").click()
+    info.get_by_text("saved, and open above").wait_for(timeout=60_000)
+    child = page.locator("#review-session textarea, #review-session input").first.input_value()
+    assert child != parent
+    page.locator("#review-lineage").get_by_text("Forked from").wait_for(timeout=10_000)
+    trace = queries.get_trace(studio.store, child)
+    assert (trace.session["parent_session_id"], trace.session["fork_step"]) == (parent, 2)
+    assert trace.steps[1]["action"]["arguments"]["expression"] == "50 / 3.89"
+    assert trace.session["answer"] == "About 12.85 gallons of premium gas"
+
+    # Its parent, one click away in the lineage table; then the two side by side.
+    page.locator("#review-family").locator(f"text={parent} >> visible=true").first.click()
+    page.locator("#review-lineage").get_by_text("Forks:").wait_for(timeout=10_000)
+    assert page.locator("#review-session textarea, #review-session input").first.input_value() == parent
+    page.locator("#review-compare").click()
+    view = page.locator("#compare-view")
+    view.get_by_text("first difference").wait_for(timeout=30_000)
+    assert page.locator("#compare-a textarea, #compare-a input").first.input_value() == parent
+    assert page.locator("#compare-b textarea, #compare-b input").first.input_value() == child
+    assert view.locator("tr.first-difference").get_attribute("id") == "compare-step-2"
+    assert view.locator("#compare-step-1 img").count() == 2  # the Crop's overlay on both sides
+    page.locator("#compare-reason textarea").fill("The question meant premium.")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / "compare.png"), full_page=True)
+    page.locator("#compare-b-better").click()
+    page.locator("#compare-verdicts").get_by_text("B is better").wait_for(timeout=10_000)
+    found = queries.preferences(studio.store, child)
+    assert [(p.chosen_id, p.rejected_id, p.tie, p.reason) for p in found] == [
+        (child, parent, False, "The question meant premium.")]
+
+    # Export the preference as TRL DPO rows.
+    page.get_by_role("tab", name="Export").click()
+    page.get_by_label("trl-dpo", exact=True).check()
+    page.locator("#export-count").get_by_text("match").wait_for(timeout=10_000)
+    page.locator("#export-run").click()
+    link = page.locator("#export-file a").first
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as download:
+        link.click()
+    target = tmp_path / "dpo.zip"
+    download.value.save_as(target)
+    with zipfile.ZipFile(target) as archive:
+        rows = [json.loads(line) for line in archive.read("data.jsonl").decode().splitlines()]
+    mine = [row for row in rows if child in row["id"] and parent in row["id"]]
+    assert mine and {"prompt", "chosen", "rejected", "images"} <= set(mine[0])
+    assert "50 / 3.89" in json.dumps(mine[0]["chosen"]) and "50 / 3.49" in json.dumps(mine[0]["rejected"])
+    assert not errors, errors
     page.close()
