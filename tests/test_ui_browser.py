@@ -88,6 +88,17 @@ def run_example(page, name: str, question: str, shots: Path | None = None):
     return chat
 
 
+def _download_export(page, target: Path) -> Path:
+    """Press Export on the Export tab and save the zip it offers to ``target``."""
+    page.locator("#export-run").click()
+    link = page.locator("#export-file a").first
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as download:
+        link.click()
+    download.value.save_as(target)
+    return target
+
+
 def test_ask_review_export_in_a_browser(app, browser, shots, tmp_path):
     url, studio = app
     page = browser.new_page(viewport={"width": 1440, "height": 1100}, accept_downloads=True)
@@ -136,14 +147,7 @@ def test_ask_review_export_in_a_browser(app, browser, shots, tmp_path):
     page.get_by_role("tab", name="Export").click()
     page.get_by_label("up", exact=True).check()
     page.locator("#export-count").get_by_text("1").wait_for(timeout=10_000)
-    page.locator("#export-run").click()
-    link = page.locator("#export-file a").first
-    link.wait_for(timeout=60_000)
-    with page.expect_download() as download:
-        link.click()
-    target = tmp_path / "export.zip"
-    download.value.save_as(target)
-    with zipfile.ZipFile(target) as archive:
+    with zipfile.ZipFile(_download_export(page, tmp_path / "export.zip")) as archive:
         names = archive.namelist()
         assert "data.jsonl" in names and "README.md" in names and any(n.startswith("images/") for n in names)
         assert session_id in archive.read("data.jsonl").decode()
@@ -298,14 +302,7 @@ def test_fork_compare_prefer_and_export_in_a_browser(app, browser, shots, tmp_pa
     page.get_by_role("tab", name="Export").click()
     page.get_by_label("trl-dpo", exact=True).check()
     page.locator("#export-count").get_by_text("match").wait_for(timeout=10_000)
-    page.locator("#export-run").click()
-    link = page.locator("#export-file a").first
-    link.wait_for(timeout=60_000)
-    with page.expect_download() as download:
-        link.click()
-    target = tmp_path / "dpo.zip"
-    download.value.save_as(target)
-    with zipfile.ZipFile(target) as archive:
+    with zipfile.ZipFile(_download_export(page, tmp_path / "dpo.zip")) as archive:
         rows = [json.loads(line) for line in archive.read("data.jsonl").decode().splitlines()]
     mine = [row for row in rows if child in row["id"] and parent in row["id"]]
     assert mine and {"prompt", "chosen", "rejected", "images"} <= set(mine[0])
