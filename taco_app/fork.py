@@ -13,7 +13,6 @@ stream as :func:`taco_app.runner.run`, for the caller to record.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +23,12 @@ from PIL import Image
 from taco_app.cota import events as ev
 from taco_app.cota.actions import Action, step_text
 from taco_app.cota.backend import Backend
-from taco_app.cota.prompt import IMAGE_TOKEN, MAX_REPLIES, Turn, assistant_turn, text_turn
+from taco_app.cota.prompt import IMAGE_TOKEN, MAX_REPLIES, Turn, assistant_turn, observation_image_ids, text_turn
 from taco_app.media import ImageLoadError
 from taco_app.runner import History, InputImage, Review, run
 from taco_app.store import codec, queries
 from taco_app.tools import Toolbox
 from taco_app.tools.execution import DEFAULT_TOOL_TIMEOUT
-
-_TOOL_IMAGE = re.compile(r"(image-\d+): " + re.escape(IMAGE_TOKEN))
 
 
 class ForkError(ValueError):
@@ -184,11 +181,8 @@ def _turns(earlier: list[dict[str, Any]], trace: queries.Trace) -> list[Turn]:
 
 
 def _observation_images(text: str, row: dict[str, Any]) -> list[str]:
-    produced = list(row.get("image_ids") or [])
-    count = text.count(IMAGE_TOKEN)
-    if len(produced) == count:
-        return produced
-    named = _TOOL_IMAGE.findall(text)
-    if len(named) == count:
-        return named
-    raise ForkError(f"step {row['index']}'s observation shows {count} image(s) that the store does not list")
+    ids = observation_image_ids(text, list(row.get("image_ids") or []))
+    if ids is None:
+        raise ForkError(f"step {row['index']}'s observation shows {text.count(IMAGE_TOKEN)} image(s) "
+                        "that the store does not list")
+    return ids

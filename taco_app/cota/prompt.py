@@ -9,6 +9,8 @@ where each image goes.
 
 from __future__ import annotations
 
+import re
+
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -38,6 +40,7 @@ GENERIC_REPAIR = (
 
 Family = Literal["mantis", "qwen2"]
 FAMILIES: tuple[str, ...] = ("mantis", "qwen2")
+_NAMED_IMAGE = re.compile(r"(image-\d+): " + re.escape(IMAGE_TOKEN))  # how an observation names its images
 MAX_REPLIES = 10  # how many replies a session may have after the first: TACO's limit
 LLAMA3_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives"
@@ -169,6 +172,17 @@ def text_turn(role: Literal["user", "assistant"], text: str, image_ids: list[str
     for image_id, piece in zip(image_ids, pieces[1:]):
         parts += [ImagePart(image_id), piece]
     return Turn(role, _merge(parts))
+
+
+def observation_image_ids(text: str, recorded: list[str]) -> list[str] | None:
+    """The ids of the images an observation's text shows, in order: the ``recorded`` ones when they are
+    as many as its ``<image>`` placeholders, else the ids written beside them (``'image-3: <image>'``),
+    else None."""
+    count = text.count(IMAGE_TOKEN)
+    if len(recorded) == count:
+        return list(recorded)
+    named = _NAMED_IMAGE.findall(text)
+    return named if len(named) == count else None
 
 
 def observation_turn(output: dict[str, Any]) -> Turn:

@@ -381,24 +381,25 @@ def add_note(store: Store, session_id: str, note: str, step: int | None = None) 
 # --- preferences and forks ----------------------------------------------------------------------
 
 
-def _input_images(db: DbSession, session_id: str) -> list[str]:
-    """The sha256 of the session's input images, in order (a fork's are its parent's)."""
-    return list(db.scalars(select(ImageRow.sha256).where(ImageRow.session_id == session_id, ImageRow.role == "input")
-                           .order_by(ImageRow.ordinal)))
+def task(session: SessionRow) -> tuple[str, tuple[str, ...]]:
+    """What a session was asked: its question and its input images' content (sha256), in order.
+    Two sessions with the same task can be compared (a fork's is its parent's)."""
+    inputs = sorted((image for image in session.images if image.role == "input"), key=lambda image: image.ordinal)
+    return session.question, tuple(image.sha256 for image in inputs)
 
 
 def _task_difference(db: DbSession, a_id: str, b_id: str) -> str | None:
     """Why two sessions' answers cannot be compared (None: they can); ValueError when one is not stored."""
-    questions = {}
+    tasks = {}
     for session_id in (a_id, b_id):
         row = db.get(SessionRow, session_id)
         if row is None:
             raise ValueError(f"no session {session_id!r}")
-        questions[session_id] = row.question
-    if questions[a_id] != questions[b_id]:
+        tasks[session_id] = task(row)
+    if tasks[a_id][0] != tasks[b_id][0]:
         return (f"sessions {a_id!r} and {b_id!r} answer different questions: "
                 "a preference compares two answers to the same question on the same images")
-    if _input_images(db, a_id) != _input_images(db, b_id):
+    if tasks[a_id][1] != tasks[b_id][1]:
         return (f"sessions {a_id!r} and {b_id!r} were given different images: "
                 "a preference compares two answers to the same question on the same images")
     return None

@@ -34,6 +34,7 @@ from taco_app.store.codec import EDIT_NOTE
 from taco_app.store.export.base import Batch
 from taco_app.store.export.rebuild import CONTROL_TOKENS, Skip, observation_images, prefix, rebuild, reply, step_target
 from taco_app.store.schema import SessionRow, StepRow
+from taco_app.store.queries import task
 
 SOURCES = ("preference", "correction", "fork", "rating")  # strongest first
 MODES = ("step", "trajectory")
@@ -115,12 +116,6 @@ def candidates(batch: Batch) -> Iterator[Candidate]:
                 skip = Skip("overruled") if frozenset((up.id, down.id)) in judged else None
                 yield Candidate("rating", up.id, down.id, up, down,
                                 detail={"chosen_rating": "up", "rejected_rating": "down"}, skip=skip)
-
-
-def task(session: SessionRow) -> tuple[str, tuple[str, ...]]:
-    """What a session was asked: its question and its input images' content, in order."""
-    inputs = sorted((image for image in session.images if image.role == "input"), key=lambda image: image.ordinal)
-    return session.question, tuple(image.sha256 for image in inputs)
 
 
 def _corrections(batch: Batch, session: SessionRow) -> dict[int, str | None]:

@@ -27,18 +27,16 @@ the model wrote it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from taco_app.cota.actions import Action, compact_json, json_safe, step_text
 from taco_app.cota.parser import ParsedStep, parse
-from taco_app.cota.prompt import IMAGE_TOKEN, Turn, assistant_turn, text_turn, user_request
+from taco_app.cota.prompt import Turn, assistant_turn, observation_image_ids, text_turn, user_request
 from taco_app.cota.training import clean_target
 from taco_app.store.queries import LatestFeedback
 from taco_app.store.schema import SessionRow, StepRow
 
-_TOOL_IMAGE = re.compile(r"(image-\d+): " + re.escape(IMAGE_TOKEN))
 # Why a session is not exported: the summary counts sessions by these (reason → what it means).
 REASONS = {
     "failed": "the session failed",
@@ -209,10 +207,7 @@ def _as_json(action: Action | None) -> Any:
 
 def observation_images(text: str, produced: list[str]) -> list[str]:
     """The ids of the images an observation shows, in order (the tool's images, as recorded)."""
-    count = text.count(IMAGE_TOKEN)
-    if len(produced) == count:
-        return list(produced)
-    named = _TOOL_IMAGE.findall(text)  # "'image-3: <image>'": the id is written beside the image
-    if len(named) == count:
-        return named
-    raise Skip("missing-image", "an observation's images are not all recorded")
+    ids = observation_image_ids(text, produced)
+    if ids is None:
+        raise Skip("missing-image", "an observation's images are not all recorded")
+    return ids
