@@ -52,6 +52,9 @@ def plan_fork(store: Any, session_id: str, step: int, *, thought: str | None = N
     trace = queries.get_trace(store, session_id) if isinstance(session_id, str) else None
     if trace is None:
         raise ForkError(f"no session {session_id!r} in the store")
+    if trace.session.get("mode") == "direct":
+        raise ForkError(f"session {session_id} is a direct answer (an eval run's baseline), with no steps to fork;"
+                        " run the question again in CoTA mode instead")
     steps = {row["index"]: row for row in trace.steps}
     last = max(len(trace.steps), 1)  # a session that stopped before its first step can still run again
     if not isinstance(step, int) or isinstance(step, bool) or not 1 <= step <= last:

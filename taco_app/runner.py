@@ -37,12 +37,14 @@ from taco_app.cota.backend import Backend, ImageSink
 from taco_app.cota.parser import ParseFailure, parse
 from taco_app.cota.prompt import (
     MAX_REPLIES,
+    MODES,
     NO_ACTION_MESSAGE,
     ImagePart,
     Turn,
     assistant_turn,
     build_prompt,
     describe_error,
+    direct_request,
     failed_execution_turn,
     no_action_turn,
     observation_turn,
@@ -53,7 +55,7 @@ from taco_app.drawing import fit_within
 from taco_app.media import load_image_info
 from taco_app.tools import ProducedImage, Toolbox, ToolResult
 from taco_app.tools.base import image_id
-from taco_app.tools.execution import DEFAULT_TOOL_TIMEOUT, execute
+from taco_app.tools.execution import DEFAULT_TOOL_TIMEOUT, error_code, execute
 from taco_app.tools.imageops import MAX_SIDE
 
 # A TACO step is a few hundred characters; 2000 tokens (TACO's cap) are under 10,000. A backend that
@@ -139,6 +141,7 @@ def run(
     review: Review | None = None,
     tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT,
     history: History | None = None,
+    mode: str = "cota",
 ) -> Iterator[ev.Event]:
     """Run one CoTA session and yield its events; the last one is always :class:`events.Finished`.
 
@@ -157,10 +160,16 @@ def run(
     waits; the loop checks ``cancel`` again as soon as it returns.
 
     ``history``, when given, holds the steps the session starts with (:class:`History`: a fork).
+
+    ``mode="direct"`` is TACO's direct-answer baseline: its prompt, one reply, and that reply
+    (stripped) is the answer; no tool runs.
     """
     session = Session(session_id or uuid.uuid4().hex, question, sink)
-    loop = _Loop(session, backend, tools, cancel or threading.Event(), review, tool_timeout_s)
+    loop = _Loop(session, backend, tools, cancel or threading.Event(), review, tool_timeout_s, mode)
     yield loop.start(images, max_replies, history)
+    if mode == "direct":
+        yield from loop.answer_directly()
+        return
     first = 1
     if history is not None:
         yield from loop.resume(history)
@@ -218,9 +227,11 @@ class _Loop:
     """One session's phases; each yields its events. A phase that ends the session raises :class:`_Ended`."""
 
     def __init__(self, session: Session, backend: Backend, tools: Toolbox, cancel: threading.Event,
-                 review: Review | None, tool_timeout_s: float):
+                 review: Review | None, tool_timeout_s: float, mode: str = "cota"):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
         self.session, self.backend, self.tools, self.cancel = session, backend, tools, cancel
-        self.review, self.tool_timeout_s = review, tool_timeout_s
+        self.review, self.tool_timeout_s, self.mode = review, tool_timeout_s, mode
         self.started, self.clock = time.time(), time.perf_counter()
 
     def start(self, images: Sequence[InputImage | Image.Image | str | Path], max_replies: int,
@@ -228,15 +239,29 @@ class _Loop:
         """Keep the input images and ask the question."""
         inputs = [_as_input(image) for image in images]
         infos = [self.session.add_image(item.image, source=item.path, role="input") for item in inputs]
-        self.session.turns.append(user_request(self.session.question, [info.image_id for info in infos]))
+        request = direct_request if self.mode == "direct" else user_request
+        self.session.turns.append(request(self.session.question, [info.image_id for info in infos]))
         backend = self.backend
         return ev.SessionStarted(
             step=0, session_id=self.session.id, question=self.session.question, images=infos, backend=backend.name,
             model=backend.model_id, family=backend.family, max_replies=max_replies, started_at=self.started,
             revision=backend.revision, quantisation=backend.quantisation,
             parent_session_id=history.parent_session_id if history else None,
-            fork_step=history.next_step if history else None,
+            fork_step=history.next_step if history else None, mode=self.mode,
         )
+
+    def answer_directly(self) -> Iterator[ev.Event]:
+        """The direct-answer baseline's one step: the reply is the answer."""
+        try:
+            reply = yield from self.generate(1)
+        except _Ended as ended:
+            yield from ended.events
+            return
+        answer = reply.text.strip()
+        yield ev.ActionParsed(step=1, raw=reply.text, thought="", action=None, generation_s=reply.generation_s,
+                              usage=reply.usage)
+        yield ev.FinalAnswer(step=1, answer=answer)
+        yield self.finish("finished", 1, answer=answer)
 
     def resume(self, history: History) -> Iterator[ev.Event]:
         """Take the steps of ``history`` as this session's own: their images, turns and events."""
@@ -265,7 +290,7 @@ class _Loop:
 
     def generate(self, step: int) -> Iterator[ev.Event]:
         """Stream the model's reply to the conversation so far, and return it."""
-        prompt = build_prompt(self.session.turns, self.backend.family)
+        prompt = build_prompt(self.session.turns, self.backend.family, self.mode)
         yield ev.StepStarted(step=step, prompt_chars=len(prompt.text), image_ids=list(prompt.image_ids))
         started = time.perf_counter()
         pieces: list[str] = []
@@ -337,7 +362,8 @@ class _Loop:
         except Exception as err:  # a tool failure is the model's to handle, as in TACO
             feedback = failed_execution_turn(err)
             yield ev.Observation(step=step, action=action, observation=feedback.text, output=None,
-                                 error=describe_error(err), tool_s=round(time.perf_counter() - started, 4))
+                                 error=describe_error(err), error_code=error_code(err),
+                                 tool_s=round(time.perf_counter() - started, 4))
             return feedback
         if result is None:
             raise _Ended(self.finish("cancelled", step, f"Stopped while {action.name} was running."))

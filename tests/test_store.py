@@ -66,8 +66,11 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
         connection.execute(text("DROP INDEX ix_steps_action_name_session"))
         connection.execute(text("ALTER TABLE steps DROP COLUMN action_name"))
         connection.execute(text("DROP TABLE preferences"))
+        connection.execute(text("DROP TABLE eval_items"))
+        connection.execute(text("DROP TABLE eval_runs"))
         connection.execute(text("DROP INDEX ix_sessions_parent_session_id"))
-        for table, column in (("sessions", "parent_session_id"), ("sessions", "fork_step"), ("feedback", "blame")):
+        for table, column in (("sessions", "parent_session_id"), ("sessions", "fork_step"), ("feedback", "blame"),
+                              ("sessions", "mode"), ("steps", "error_code")):
             connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         connection.execute(text("INSERT INTO schema_info (id, version) VALUES (1, 1)"))
         connection.execute(text(
@@ -78,14 +81,16 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
             "('old', 1, 'raw', '{\"name\": \"OCR\", \"arguments\": {}}', '[]', '{}')"))
     engine.dispose()
     store = Store.open()
-    assert store.version() == SCHEMA_VERSION == 3
+    assert store.version() == SCHEMA_VERSION == 4
     row = store.get_session("old")
+    assert row.mode == "cota" and row.steps[0].error_code is None
     assert row.question == "an old question" and row.steps[0].action_name == "OCR"
     assert row.parent_session_id is None and row.fork_step is None
     assert "ix_steps_action_name_session" in {i["name"] for i in inspect(store.engine).get_indexes("steps")}
     assert "ix_sessions_parent_session_id" in {i["name"] for i in inspect(store.engine).get_indexes("sessions")}
     assert "preferences" in inspect(store.engine).get_table_names()
     assert "blame" in {c["name"] for c in inspect(store.engine).get_columns("feedback")}
+    assert {"eval_runs", "eval_items"} <= set(inspect(store.engine).get_table_names())
     store.close()
 
 

@@ -28,6 +28,7 @@ def chunks(text: str) -> Iterator[str]:
 
 class ReplayBackend(Backend):
     name = "replay"
+    max_sessions = 1  # one script, played in order: two sessions at once would each get the other's replies
 
     def __init__(self, outputs: Sequence[str], *, family: str = "mantis", model_id: str | None = None):
         self.outputs = list(outputs)

@@ -34,6 +34,9 @@ class Backend:
     revision: str | None = None  # the checkpoint's commit, when known (recorded on the session)
     quantisation: str | None = None  # "4bit", "8bit", "none"; None where it does not apply
     loaded: bool = True  # False while a local checkpoint is still to be loaded (see :meth:`load`)
+    # How many sessions may use it at once to any gain (an eval run's workers); None: as many as asked,
+    # for a server that batches concurrent requests.
+    max_sessions: int | None = None
 
     def stream(self, prompt: Prompt, images: Sequence["Image.Image"]) -> Stream:
         """The model's reply to ``prompt``, as a generator of text chunks yielded as they are made.

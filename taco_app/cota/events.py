@@ -72,6 +72,7 @@ class SessionStarted(Event):
     quantisation: str | None = None  # "4bit", "8bit", "none"; None when not a local checkpoint
     parent_session_id: str | None = None  # a fork: the session whose first fork_step - 1 steps it starts with
     fork_step: int | None = None
+    mode: str = "cota"  # "cota": TACO's chain of thought-and-action; "direct": its direct-answer baseline, one reply
 
 
 @dataclass
@@ -147,6 +148,8 @@ class Observation(Event):
     observation: str = ""
     output: dict[str, Any] | None = None  # the tool's output, JSON-safe; None when it failed
     error: str | None = None  # "<class 'ValueError'>: message" when the tool failed
+    # Why it failed: "unknown_action", "bad_arguments", "timeout" or "tool" (its own error).
+    error_code: str | None = None
     image_ids: list[str] = field(default_factory=list)  # images this step produced
     overlays: dict[str, Any] = field(default_factory=dict)  # what the UI draws (regions, …)
     tool_s: float = 0.0

@@ -38,6 +38,11 @@ GENERIC_REPAIR = (
     " is not fixable."
 )
 
+# TACO's direct-answer baseline (``DirectAnswerPrompt``): this goal instead of the CoTA system prompt,
+# and one reply, which is the answer.
+DIRECT_GOAL = "You are a helpful assistant, and your goal is to answer the # USER REQUEST # based on the image(s).\n"
+MODES: tuple[str, ...] = ("cota", "direct")
+
 Family = Literal["mantis", "qwen2"]
 FAMILIES: tuple[str, ...] = ("mantis", "qwen2")
 _NAMED_IMAGE = re.compile(r"(image-\d+): " + re.escape(IMAGE_TOKEN))  # how an observation names its images
@@ -159,6 +164,15 @@ def user_request(question: str, image_ids: list[str]) -> Turn:
     return Turn("user", _merge(parts))
 
 
+def direct_request(question: str, image_ids: list[str]) -> Turn:
+    """The request of TACO's direct-answer baseline: its images and question, with no call to respond in steps."""
+    parts: list[Part] = ["\n# USER REQUEST #:\n"]
+    for image_id in image_ids:
+        parts += [f"{image_id}: ", ImagePart(image_id), "\n"]
+    parts.append(f"{question}\n\n")
+    return Turn("user", _merge(parts))
+
+
 def assistant_turn(raw_output: str) -> Turn:
     return Turn("assistant", [raw_output])
 
@@ -252,9 +266,10 @@ def _merge(parts: list[Part]) -> list[Part]:
 # --- flattening -----------------------------------------------------------------------------------
 
 
-def flatten(turns: list[Turn]) -> str:
-    """TACO's single-turn text: system prompt, then ``###Human:``/``###Assistant:`` lines."""
-    lines = [system_prompt(), "\n"]
+def flatten(turns: list[Turn], mode: str = "cota") -> str:
+    """TACO's single-turn text: system prompt (the direct-answer goal in ``direct`` mode), then
+    ``###Human:``/``###Assistant:`` lines."""
+    lines = [DIRECT_GOAL if mode == "direct" else system_prompt(), "\n"]
     for turn in turns:
         speaker = "###Human: " if turn.role == "user" else "###Assistant: "
         lines.append(f"{speaker}{turn.text}\n")
@@ -283,7 +298,9 @@ def wrap_chat(family: str, text: str) -> str:
     return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def build_prompt(turns: list[Turn], family: str) -> Prompt:
+def build_prompt(turns: list[Turn], family: str, mode: str = "cota") -> Prompt:
     chat_system(family)  # an unknown family fails here, before any work
+    if mode not in MODES:
+        raise ValueError(f"unknown prompt mode {mode!r}; expected one of {', '.join(MODES)}")
     image_ids = tuple(image_id for turn in turns for image_id in turn.image_ids)
-    return Prompt(family=family, user=flatten(turns), image_ids=image_ids)
+    return Prompt(family=family, user=flatten(turns, mode), image_ids=image_ids)

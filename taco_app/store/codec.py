@@ -46,6 +46,7 @@ def session_row(event: ev.SessionStarted, *, tool_versions: dict[str, Any],
         backend=event.backend, model=event.model, family=event.family, status="running",
         revision=event.revision, quantisation=event.quantisation, tool_versions=tool_versions,
         owner_host=host, owner_pid=pid, parent_session_id=event.parent_session_id, fork_step=event.fork_step,
+        mode=event.mode,
     )
 
 
@@ -71,7 +72,7 @@ def step_columns(event: ev.Event) -> dict[str, Any] | None:
         return dict(raw=event.raw, parse_error_code=event.code, parse_error=event.message,
                     observation=event.observation or None, generation_s=event.generation_s, **_tokens(event.usage))
     if isinstance(event, ev.Observation):
-        return dict(observation=event.observation, output=event.output, error=event.error,
+        return dict(observation=event.observation, output=event.output, error=event.error, error_code=event.error_code,
                     image_ids=event.image_ids, overlays=event.overlays, tool_s=event.tool_s)
     return None
 
@@ -120,7 +121,7 @@ def trace_events(trace: "Trace") -> list[ev.Event]:
         step=0, session_id=session["id"], question=session["question"], images=[i for i in infos if i.role == "input"],
         backend=session.get("backend") or "", model=session.get("model"), family=session.get("family") or "",
         started_at=session.get("created_at") or 0.0, revision=session.get("revision"),
-        quantisation=session.get("quantisation"),
+        quantisation=session.get("quantisation"), mode=session.get("mode") or "cota",
     )]
     last = 0
     for row in trace.steps:
@@ -153,7 +154,8 @@ def _step_events(row: dict[str, Any], produced: list[ev.ImageInfo]) -> list[ev.E
         events.append(ev.ToolStarted(step=n, action=action))
     events += [ev.ImageProduced(step=n, image=info) for info in produced]
     events.append(ev.Observation(step=n, action=action, observation=row["observation"], output=row.get("output"),
-                                 error=row.get("error"), image_ids=list(row.get("image_ids") or []),
+                                 error=row.get("error"), error_code=row.get("error_code"),
+                                 image_ids=list(row.get("image_ids") or []),
                                  overlays=dict(row.get("overlays") or {}), tool_s=row.get("tool_s") or 0.0))
     return events
 

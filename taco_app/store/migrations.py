@@ -10,7 +10,7 @@ from typing import Callable
 
 from sqlalchemy import Engine, inspect, select, text, update
 
-from taco_app.store.schema import Base, PreferenceRow, StepRow
+from taco_app.store.schema import Base, EvalItemRow, EvalRunRow, PreferenceRow, StepRow
 
 
 def _m001_create(engine: Engine) -> None:
@@ -52,5 +52,19 @@ def _m003_forks_blame_preferences(engine: Engine) -> None:
     PreferenceRow.__table__.create(engine, checkfirst=True)
 
 
+def _m004_evals(engine: Engine) -> None:
+    """sessions.mode, steps.error_code, and the eval_runs and eval_items tables."""
+    inspector = inspect(engine)
+    sessions = {c["name"] for c in inspector.get_columns("sessions")}
+    steps = {c["name"] for c in inspector.get_columns("steps")}
+    with engine.begin() as connection:
+        if "mode" not in sessions:
+            connection.execute(text("ALTER TABLE sessions ADD COLUMN mode VARCHAR(16) NOT NULL DEFAULT 'cota'"))
+        if "error_code" not in steps:
+            connection.execute(text("ALTER TABLE steps ADD COLUMN error_code VARCHAR(16)"))
+    EvalRunRow.__table__.create(engine, checkfirst=True)
+    EvalItemRow.__table__.create(engine, checkfirst=True)
+
+
 # simonw/llm style: numbered, append-only; len(MIGRATIONS) is the schema version they lead to.
-MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name, _m003_forks_blame_preferences]
+MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name, _m003_forks_blame_preferences, _m004_evals]

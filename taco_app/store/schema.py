@@ -12,9 +12,14 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 3  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast; 3: forks, blame, preferences
+SCHEMA_VERSION = 4  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast; 3: forks, blame, preferences;
+# 4: eval runs, sessions.mode (cota | direct), steps.error_code
 STATUSES = ("running", "finished", "failed", "cancelled", "interrupted", "max_steps")
 BLAMES = ("model", "tool")  # who a bad step is blamed on
+MODES = ("cota", "direct")  # how a session was prompted: TACO's chain of thought-and-action, or its direct-answer baseline
+# Why an action did not give an observation (steps.error_code): it names no action the app has, its
+# arguments are wrong, its tool ran out of time, or its tool failed.
+ERROR_CODES = ("unknown_action", "bad_arguments", "timeout", "tool")
 
 
 # Text a model, a file or a person wrote can hold what a database cannot: PostgreSQL refuses NUL in
@@ -103,6 +108,7 @@ class SessionRow(Base):
     # No foreign key: a fork outlives a deleted parent, and a parent may be in another store's export.
     parent_session_id: Mapped[str | None] = mapped_column(String(64), index=True)
     fork_step: Mapped[int | None] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16), default="cota", server_default="cota")
 
     steps: Mapped[list[StepRow]] = relationship(back_populates="session", order_by="StepRow.index", cascade="all, delete-orphan")
     images: Mapped[list[ImageRow]] = relationship(back_populates="session", order_by="ImageRow.ordinal", cascade="all, delete-orphan")
@@ -123,6 +129,7 @@ class StepRow(Base):
     observation: Mapped[str | None] = mapped_column(SafeText)  # the exact turn fed back to the model
     output: Mapped[Any] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(SafeText)
+    error_code: Mapped[str | None] = mapped_column(String(16))  # one of ERROR_CODES when ``error`` is set
     image_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     overlays: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     generation_s: Mapped[float | None] = mapped_column(Float)
@@ -178,3 +185,29 @@ class PreferenceRow(Base):
     tie: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str | None] = mapped_column(SafeText)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class EvalRunRow(Base):
+    """An eval run: its name and the settings its items were run with (see :mod:`taco_app.store.evals`)."""
+
+    __tablename__ = "eval_runs"
+    name: Mapped[str] = mapped_column(SafeText(128), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class EvalItemRow(Base):
+    """A finished item of an eval run: the session that answered it, and its score."""
+
+    __tablename__ = "eval_items"
+    __table_args__ = (UniqueConstraint("run_name", "item_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_name: Mapped[str] = mapped_column(ForeignKey("eval_runs.name", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(SafeText(256))
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    category: Mapped[str | None] = mapped_column(SafeText(128))
+    answers: Mapped[Any] = mapped_column(JSON, nullable=True)  # the accepted answers
+    prediction: Mapped[Any] = mapped_column(JSON, nullable=True)  # the session's final answer
+    correct: Mapped[bool] = mapped_column(Boolean)
+    how: Mapped[str | None] = mapped_column(SafeText(64))  # the scoring rule that decided
+    finished_at: Mapped[float] = mapped_column(Float)

@@ -57,6 +57,23 @@ class ToolStatus:
 ImageLookup = Callable[[str], Image.Image]
 
 
+class BadArguments(Exception):
+    """An action's arguments are wrong (missing, unexpected, of the wrong kind, an image that does not exist).
+
+    Raised as :class:`BadArgumentType` or :class:`BadArgumentValue`, which the model reads as the
+    ``TypeError`` or ``ValueError`` TACO's tools raised; this class lets reports tell them from a tool's
+    own failure.
+    """
+
+
+class BadArgumentType(BadArguments, TypeError):
+    pass
+
+
+class BadArgumentValue(BadArguments, ValueError):
+    pass
+
+
 class Tool:
     name: ClassVar[str]
     inputs: ClassVar[dict[str, str]] = {}  # argument -> kind, required
@@ -96,7 +113,10 @@ class Tool:
                     self._ready = True
 
     def __call__(self, arguments: dict[str, Any], lookup: ImageLookup, *, language_model: LanguageModel | None = None) -> ToolResult:
-        kwargs = self.check_arguments(arguments, lookup)
+        try:
+            kwargs = self.check_arguments(arguments, lookup)
+        except (TypeError, ValueError) as err:  # the same text and class for the model; marked for the reports
+            raise (BadArgumentType if isinstance(err, TypeError) else BadArgumentValue)(*err.args) from None
         if self.uses_language_model:
             kwargs["language_model"] = language_model
         self.ensure_ready()

@@ -20,8 +20,8 @@ from PIL import Image
 
 from taco_app.cota.actions import Action
 from taco_app.settings import default_of
-from taco_app.tools import Toolbox
-from taco_app.tools.base import ImageLookup, LanguageModel, Tool, ToolResult
+from taco_app.tools import Toolbox, UnknownAction
+from taco_app.tools.base import BadArguments, BadArgumentType, ImageLookup, LanguageModel, Tool, ToolResult
 from taco_app.weights import MODELS
 
 # Seconds a tool call may take, unless the tool or the settings say otherwise: the setting's own default.
@@ -43,7 +43,10 @@ def execute(tools: Toolbox, action: Action, lookup: ImageLookup, language_model:
     unknown action, bad arguments or the tool's own error; ``TimeoutError`` past the time limit; a
     ``RuntimeError`` saying so when the tool ran out of GPU memory (the tool models are freed first).
     """
-    action.check()  # the parser makes only well-formed actions; a person's edit (review) may not be one
+    try:
+        action.check()  # the parser makes only well-formed actions; a person's edit (review) may not be one
+    except TypeError as err:
+        raise BadArgumentType(*err.args) from None
     tool = tools.get(action.name)
     try:
         return _in_worker_thread(tool, action.arguments, lookup, language_model, time_limit(tool, timeout_s), cancel)
@@ -52,6 +55,18 @@ def execute(tools: Toolbox, action: Action, lookup: ImageLookup, language_model:
             raise
         MODELS.clear()  # the tool models filled the GPU; the next call loads only what it needs
         raise RuntimeError(f"{tool.name} ran out of GPU memory; the app freed its tool models, try again") from err
+
+
+def error_code(error: BaseException) -> str:
+    """Why an action gave no observation, for the reports: ``unknown_action``, ``bad_arguments``
+    (its arguments, or a malformed action), ``timeout`` or ``tool`` (the tool's own error)."""
+    if isinstance(error, UnknownAction):
+        return "unknown_action"
+    if isinstance(error, BadArguments):
+        return "bad_arguments"
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    return "tool"
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -117,6 +117,9 @@ class Detokenizer:
 
 class TransformersBackend(Backend):
     name = "transformers"
+    # One reply is generated at a time (``_run_lock``); a second session runs its tool meanwhile, and the
+    # prefix cache keeps the latest state of both (PrefixCache's two entries).
+    max_sessions = 2
 
     def __init__(self, options: LoadOptions | None = None):
         self.options = plan(options or LoadOptions.from_env())

@@ -44,6 +44,7 @@ REASONS = {
     "interrupted": "the session was interrupted",
     "max_steps": "the session hit the step limit without an answer",
     "running": "the session is still running",
+    "direct": "it is a direct answer (the baseline of an eval run), not a chain of thought-and-action",
     "not-json": "a reply is not a CoTA step in JSON",
     "bad-correction": "a correction is not a CoTA step in JSON",
     "stale-observation": "a corrected step's action is not the one that ran: re-run it from that step",
@@ -89,6 +90,8 @@ def rebuild(session: SessionRow, notes: LatestFeedback) -> Rebuilt:
     """The session's turns with corrections applied, or :class:`Skip`."""
     if session.status != "finished":
         raise Skip(session.status if session.status in REASONS else "failed")
+    if session.mode == "direct":
+        raise Skip("direct")
     turns, image_ids = _request(session)
     for step in session.steps:
         target, action = _target(step, notes)
