@@ -1,4 +1,4 @@
-"""The command line: ``python app.py [ui|run|fork|prompt|doctor|download|convert|export|import|rate|prefer] …``.
+"""The command line: ``python app.py [ui|run|fork|eval|eval-report|prompt|doctor|download|convert|export|import|rate|prefer] …``.
 
 The command names and flags are a contract (scripts and checks rely on them); see DESIGN.md.
 """
@@ -23,7 +23,8 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from taco_app.backends import backend_help
-    from taco_app.cota.prompt import FAMILIES, MAX_REPLIES
+    from taco_app.cota.prompt import FAMILIES, MAX_REPLIES, MODES
+    from taco_app.evaluation.scoring import SCORERS
     from taco_app.settings import QUANTISATIONS
     from taco_app.store.export import DATASET, FORMATS, RATINGS
     from taco_app.weights import SLOT_KEYS
@@ -52,7 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--thought", help="step K's new thought (default: the stored one)")
     fork.add_argument("--action", metavar="JSON", help='step K\'s new action, e.g. \'{"name": "Calculate", '
                       '"arguments": {"expression": "2+3"}}\' (default: the stored one); neither: the model writes step K')
-    for command in (run, fork):
+    evaluate = sub.add_parser("eval", help="run a benchmark through the model: every item a stored session, scored")
+    evaluate.add_argument("--data", required=True, metavar="FILE",
+                          help="a JSONL file (one item per line), a folder saved with datasets' save_to_disk, or a parquet file")
+    evaluate.add_argument("--name", required=True, metavar="RUN",
+                          help="the run's name; running it again goes on where it stopped")
+    evaluate.add_argument("--mode", choices=MODES, default="cota",
+                          help="cota: TACO's chain of thought-and-action (default); direct: its direct-answer baseline")
+    evaluate.add_argument("--concurrency", type=int, default=1, metavar="N",
+                          help="sessions at once (default 1): for --backend openai, requests the server batches")
+    evaluate.add_argument("--limit", type=int, metavar="N", help="only the first N items")
+    evaluate.add_argument("--resume", action="store_true",
+                          help="go on with a run of this name although its settings (data, mode, model …) changed")
+    evaluate.add_argument("--scorer", choices=list(SCORERS), default="standard",
+                          help="standard: exact, accepted answers, choices, numbers within 1%% (default); judge: an LLM judge")
+    evaluate.add_argument("--judge-model", metavar="NAME", help="--scorer judge: the model name on the judge's server")
+    evaluate.add_argument("--judge-base-url", metavar="URL",
+                          help="--scorer judge: an OpenAI-compatible server (default: --base-url / TACO_OPENAI_BASE_URL)")
+    report = sub.add_parser("eval-report", help="write an eval run's report: report.json, report.md and plots")
+    report.add_argument("run", metavar="RUN")
+    report.add_argument("--vs", metavar="OTHER_RUN", help="compare with another run, item by item (the baseline)")
+    report.add_argument("--out", required=True, metavar="DIR", help="where to write the report (made if missing)")
+    for command in (run, fork, evaluate):
         command.add_argument("--backend", default="auto",
                              help=f"where the model's replies come from (default auto). {backend_help()}")
         command.add_argument("--family", choices=FAMILIES, help="prompt format (default: the backend's)")
@@ -193,6 +215,144 @@ def cmd_fork(args: argparse.Namespace) -> int:
     return _follow(store, lambda cancel: fork(plan, backend, tools=default_tools(), sink=store.images,
                                               max_replies=args.max_replies, cancel=cancel,
                                               tool_timeout_s=current().tool_timeout), args.json, lineage)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Progress and skipped rows on stderr; with --json one line per finished item, then the summary."""
+    from taco_app.evaluation.data import DataError, load_benchmark
+    from taco_app.evaluation.runs import EvalError, check_name, evaluate
+    from taco_app.settings import current
+    from taco_app.store.db import Store
+    from taco_app.tools import default_tools
+
+    try:
+        check_name(args.name)
+        benchmark = load_benchmark(args.data)
+    except (EvalError, DataError) as err:
+        raise UsageError(str(err)) from None
+    for problem in benchmark.problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    scorer = _scorer(args)
+    backend = _backend(args)
+    if args.concurrency > 1 and backend.max_sessions and backend.max_sessions < args.concurrency:
+        print(f"note: the {backend.name} backend runs {backend.max_sessions} session(s) at a time, not {args.concurrency}",
+              file=sys.stderr)
+    sys.stdout.reconfigure(errors="backslashreplace")
+    bar = _EvalBar(args.json)
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # Ctrl-C: finished items are kept
+    try:
+        summary = evaluate(Store.open(), benchmark, args.name, backend, tools=default_tools(), backend_spec=args.backend,
+                           mode=args.mode, scorer=scorer, concurrency=args.concurrency, resume=args.resume,
+                           limit=args.limit, cancel=cancel, on_item=bar.item, on_failure=bar.failure,
+                           on_start=bar.start, max_replies=args.max_replies, tool_timeout_s=current().tool_timeout)
+    except EvalError as err:
+        raise UsageError(str(err)) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    line = summary.as_dict()
+    if args.json:
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+    else:
+        lo, hi = line["ci95"]
+        accuracy = f"{line['accuracy']:.1%} (95% CI {lo:.1%}–{hi:.1%})" if summary.n else "no item finished"
+        print(f"{args.name}: {summary.correct} of {summary.n} right, {accuracy}; report: python app.py eval-report"
+              f" {args.name} --out DIR")
+    if summary.failed:
+        print(f"{len(summary.failed)} item(s) not finished; run the same command again to retry them:", file=sys.stderr)
+        for failure in summary.failed[:10]:
+            print(f"  {failure.item_id}: {failure.message}", file=sys.stderr)
+    if summary.cancelled:
+        print(f"stopped: {summary.n} item(s) are kept; run the same command again to go on", file=sys.stderr)
+        return 130
+    return 1 if summary.failed else 0
+
+
+class _EvalBar:
+    """An eval's progress on the terminal (tqdm on stderr: items, accuracy so far, items/s, ETA) and,
+    with --json, its item lines on stdout. Called one item at a time."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.bar = None
+
+    def start(self, progress) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=progress.total, initial=progress.done, unit="item", file=sys.stderr, disable=None,
+                        dynamic_ncols=True, desc=progress.name)
+        self._show(progress)
+
+    def _show(self, progress) -> None:
+        if self.bar is not None:
+            accuracy = "-" if progress.accuracy is None else f"{progress.accuracy:.1%}"
+            self.bar.set_postfix_str(f"accuracy {accuracy}" + (f", {progress.failed} failed" if progress.failed else ""))
+
+    def item(self, done, progress) -> None:
+        if self.as_json:
+            if self.bar is not None:
+                self.bar.clear()
+            print(json.dumps(done.as_dict(), ensure_ascii=False), flush=True)
+        if self.bar is not None:
+            self.bar.update(1)
+        self._show(progress)
+
+    def failure(self, failure, progress) -> None:
+        if self.bar is not None:
+            self.bar.write(f"not finished: {failure.item_id}: {failure.message}", file=sys.stderr)
+        self._show(progress)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _scorer(args: argparse.Namespace):
+    from taco_app.backends import BackendError
+    from taco_app.evaluation.scoring import make_scorer
+
+    if args.scorer != "judge":
+        return make_scorer(args.scorer)
+    from taco_app.backends.openai import OpenAIBackend
+    from taco_app.settings import current
+
+    base_url = args.judge_base_url or args.base_url or current().openai_base_url
+    if not base_url or not args.judge_model:
+        raise UsageError("--scorer judge needs --judge-model (and --judge-base-url, or --base-url / TACO_OPENAI_BASE_URL):"
+                         " the OpenAI-compatible server and model that judge the answers")
+    try:
+        judge = OpenAIBackend(base_url, args.judge_model, timeout=current().openai_timeout, max_tokens=256)
+    except BackendError as err:
+        raise UsageError(f"--scorer judge: {err}") from None
+    return make_scorer("judge", ask=judge.generate_text)
+
+
+def cmd_eval_report(args: argparse.Namespace) -> int:
+    from taco_app.evaluation.report import write_report
+    from taco_app.store import evals
+    from taco_app.store.db import Store
+
+    store = Store.open()
+    runs = {}
+    for name in filter(None, (args.run, args.vs)):
+        try:
+            runs[name] = evals.run_data(store, name)
+        except KeyError:
+            known = [info.name for info in evals.list_runs(store)]
+            have = f"the runs are: {', '.join(known[:20])}" if known else "there are no eval runs yet (python app.py eval …)"
+            raise UsageError(f"no eval run named {name!r}; {have}") from None
+    try:
+        paths = write_report(runs[args.run], Path(args.out), runs.get(args.vs) if args.vs else None)
+    except OSError as err:
+        print(f"error: cannot write the report: {err.strerror or err} ({err.filename or args.out})", file=sys.stderr)
+        return 1
+    run = runs[args.run]
+    right = sum(item.correct for item in run.items)
+    print(f"{args.run}: {right} of {len(run.items)} right" + (f"; compared with {args.vs}" if args.vs else ""))
+    for path in paths:
+        print(f"  {path}")
+    return 0
 
 
 def _backend(args: argparse.Namespace):
@@ -425,6 +585,8 @@ COMMANDS = {
     "ui": cmd_ui,
     "run": cmd_run,
     "fork": cmd_fork,
+    "eval": cmd_eval,
+    "eval-report": cmd_eval_report,
     "prompt": cmd_prompt,
     "doctor": cmd_doctor,
     "download": cmd_download,

@@ -1,7 +1,7 @@
 """Layers import downward only: each layer is imported alone, in a fresh interpreter, and what it
 pulled into ``sys.modules`` is checked against what sits above it.
 
-    cota (protocol) < settings, weights, media, drawing < tools, backends, store < runner < ui, cli
+    cota (protocol) < settings, weights, media, drawing < tools, backends, store < runner, evaluation < ui, cli
 
 A failure names each module that should not be there and the chain of imports that brought it in.
 """
@@ -122,6 +122,11 @@ def test_tools_and_backends_import_nothing_above_them(package):
 
 def test_the_step_loop_imports_no_ui_or_cli():
     check("taco_app.runner", ABOVE_RUNNER)
+
+
+def test_evaluation_imports_no_ui_or_cli_and_its_heavy_libraries_only_when_used():
+    """Eval runs sit beside the step loop; plotting and reading Hugging Face datasets load on first use."""
+    check(",".join(modules_of("taco_app.evaluation")), [*ABOVE_RUNNER, "matplotlib", "datasets"])
 
 
 def test_importing_the_package_loads_no_torch_or_gradio():

@@ -1,0 +1,1 @@
+"""Evaluating a checkpoint on a benchmark: data, scoring, runs and reports."""
