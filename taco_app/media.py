@@ -2,7 +2,8 @@
 
 Every upload is untrusted: whatever the file holds, ``load_image_info`` returns an upright RGB
 image or raises ``ImageLoadError`` with a message for a person, and never decodes more pixels
-than the limit allows. ``identify_image`` applies the same checks to bytes already read (an import).
+than the limit allows. ``identify_image`` applies the same checks to bytes already read (an import),
+and ``load_image_bytes`` opens bytes as ``load_image_info`` opens a file (a dataset's image column).
 """
 
 from __future__ import annotations
@@ -89,6 +90,25 @@ def identify_image(data: bytes, name: str) -> tuple[str, tuple[int, int]]:
             _check_size(path, img.size, limit)
             img.load()
             return str(img.format), img.size
+
+
+def load_image_bytes(data: bytes, name: str) -> tuple[Image.Image, list[str]]:
+    """``load_image_info`` for image bytes already in memory (a dataset's image column).
+
+    The same checks, the same upright RGB result and notes; ``name`` says which image in messages.
+    """
+    path = Path(name)
+    if not data:
+        raise ImageLoadError(f"image {path.name} is empty (0 bytes)")
+    limit = _pixel_limit()
+    with _load_errors(path, limit, lambda: data[:32]):
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            _check_size(path, img.size, limit)
+            img.load()
+            notes = _frame_notes(path, img)
+            upright, note = _upright(path, img)
+            notes += note
+            return to_rgb(upright), notes
 
 
 def _pixel_limit() -> int:
