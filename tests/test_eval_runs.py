@@ -1,0 +1,126 @@
+"""How an eval run drives its sessions: a local model generates one reply at a time while another
+session's tool runs, and an item the backend broke is left unfinished and retried by the next run of
+the same name."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+import pytest
+from PIL import Image
+
+from taco_app.cota.backend import Backend, BackendError
+from taco_app.evaluation.data import load_benchmark
+from taco_app.evaluation.runs import EvalError, evaluate
+from taco_app.store import evals
+from taco_app.tools import default_tools
+from taco_app.tools.calculator import Calculate
+
+WAIT_S = 10  # a bound on waiting for the other thread, so a broken overlap fails instead of hanging
+
+
+def step(name, arguments, thought="t"):
+    return json.dumps({"thought": thought, "actions": [{"name": name, "arguments": arguments}]})
+
+
+def write_benchmark(folder, n, *, broken=()):
+    rows = []
+    for i in range(n):
+        Image.new("RGB", (16, 16), (10 * i, 0, 0)).save(folder / f"{i}.png")
+        rows.append({"id": f"q{i}", "images": [f"{i}.png"], "question": f"What is {i} + 1?", "answer": str(i + 1)})
+    for i in broken:  # not a picture
+        (folder / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    data = folder / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return data
+
+
+class PerItem(Backend):
+    """Answers each item from its question: Calculate, then Terminate with the result; one reply at a time."""
+
+    name, model_id = "local-test", "local-test"
+
+    def __init__(self, max_sessions=2, fail=()):
+        self.max_sessions = max_sessions
+        self.fail = set(fail)
+        self.lock = threading.Lock()  # what the transformers backend's _run_lock does
+        self.generating = 0
+        self.most_at_once = 0
+        self.tool_running = threading.Event()
+        self.generated_while_a_tool_ran = threading.Event()
+
+    def stream(self, prompt, images):
+        i = int(re.search(r"What is (\d+) \+ 1\?", prompt.user).group(1))
+        with self.lock:
+            self.generating += 1
+            self.most_at_once = max(self.most_at_once, self.generating)
+            if self.tool_running.is_set():
+                self.generated_while_a_tool_ran.set()
+            try:
+                if i in self.fail:
+                    raise BackendError("the model server went away")
+                first = prompt.user.count("###Assistant: ") == 1  # no reply of its own yet
+                yield (step("Calculate", {"expression": f"{i}+1"}) if first
+                       else step("Terminate", {"answer": str(i + 1)}))
+            finally:
+                self.generating -= 1
+
+
+class WaitingCalculate(Calculate):
+    """Calculate that, the first time, holds on until another session is generating."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+        self.first = threading.Lock()
+
+    def forward(self, **kwargs):
+        if self.first.acquire(blocking=False):
+            self.backend.tool_running.set()
+            self.backend.generated_while_a_tool_ran.wait(WAIT_S)
+            self.backend.tool_running.clear()
+        return super().forward(**kwargs)
+
+
+def test_a_local_model_generates_for_one_session_while_another_runs_its_tool(store, tmp_path):
+    benchmark = load_benchmark(write_benchmark(tmp_path, 6))
+    backend = PerItem(max_sessions=2)
+    tools = default_tools().replace(WaitingCalculate(backend))
+    summary = evaluate(store, benchmark, "overlap", backend, tools=tools, concurrency=8)
+    assert (summary.n, summary.correct, summary.failed) == (6, 6, [])
+    assert backend.generated_while_a_tool_ran.is_set()  # a tool and a generation ran at the same time
+    assert backend.most_at_once == 1  # never two generations at once
+
+
+def test_items_the_backend_broke_are_retried_by_the_next_run(store, tmp_path):
+    data = write_benchmark(tmp_path, 5, broken=[4])
+    benchmark = load_benchmark(data)
+    summary = evaluate(store, benchmark, "flaky", PerItem(max_sessions=1, fail={1}), tools=default_tools())
+    assert (summary.n, summary.skipped_rows) == (3, 1)  # q4's picture is reported by the loader and skipped
+    assert [f.item_id for f in summary.failed] == ["q1"] and "the model server went away" in summary.failed[0].message
+    assert set(evals.finished(store, "flaky")) == {"q0", "q2", "q3"}
+    Image.new("RGB", (16, 16)).save(tmp_path / "4.png")  # the picture is fixed: the data changed
+    with pytest.raises(EvalError, match="other settings"):
+        evaluate(store, load_benchmark(data), "flaky", PerItem(max_sessions=1), tools=default_tools())
+    again = evaluate(store, load_benchmark(data), "flaky", PerItem(max_sessions=1), tools=default_tools(), resume=True)
+    assert (again.n, again.correct, again.resumed, again.failed) == (5, 5, 3, [])
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"concurrency": 0}, "--concurrency"), ({"limit": 0}, "--limit"), ({"mode": "chatty"}, "--mode"),
+    ({"max_replies": -1}, "--max-replies"),
+])
+def test_bad_settings_start_nothing(store, tmp_path, kwargs, says):
+    benchmark = load_benchmark(write_benchmark(tmp_path, 1))
+    with pytest.raises(EvalError, match=says):
+        evaluate(store, benchmark, "bad", PerItem(), tools=default_tools(), **kwargs)
+    assert evals.list_runs(store) == []
+
+
+@pytest.mark.parametrize("name", ["", "a b", "-x", "x" * 129, "run/1", "ü"])
+def test_run_names_are_checked(store, tmp_path, name):
+    benchmark = load_benchmark(write_benchmark(tmp_path, 1))
+    with pytest.raises(EvalError, match="--name"):
+        evaluate(store, benchmark, name, PerItem(), tools=default_tools())
