@@ -407,6 +407,30 @@ def test_timeout(fake, photo):
     assert "no reply from" in message and "within 0.5 s" in message
 
 
+def test_abort_cuts_a_request_the_server_holds(fake, photo):
+    """A stopped eval run cuts the replies a busy server has not begun, instead of waiting for its timeout."""
+    fake.hang(30)
+    client = backend(fake, timeout=30)
+    outcome = []
+
+    def ask():
+        try:
+            list(client.stream(one_image_prompt(), [photo]))
+        except BackendError as err:
+            outcome.append(str(err))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    while not client._in_flight and asking.is_alive():  # the request is on its way
+        time.sleep(0.01)
+    client.abort()
+    asking.join(5)
+    assert not asking.is_alive() and len(outcome) == 1, outcome
+    assert "failed before any reply" in outcome[0]
+    assert not client._in_flight
+    client.abort()  # nothing in flight: nothing to do
+
+
 def stall(fake, finish: bool) -> None:
     """One delta (and the finish_reason chunk if ``finish``), then silence with the socket open."""
     def play(h):

@@ -17,6 +17,8 @@ import base64
 import http.client
 import io
 import json
+import socket
+import threading
 import weakref
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
@@ -101,6 +103,8 @@ class OpenAIBackend(Backend):
         self.extra_body = dict(extra_body or {})  # server-specific fields, e.g. vLLM's stop_token_ids
         self._split = parts
         self._encoded: dict[int, tuple[weakref.ref, str]] = {}  # images are re-sent every step
+        self._in_flight: set[Any] = set()  # the sockets of the requests being answered (see abort)
+        self._in_flight_lock = threading.Lock()
 
     @classmethod
     def from_options(cls, options: Any) -> "OpenAIBackend":
@@ -142,6 +146,17 @@ class OpenAIBackend(Backend):
         messages = [{"role": "system", "content": chat_system(self.family)}, {"role": "user", "content": prompt}]
         return "".join(chunk for chunk in self._chat(messages) if isinstance(chunk, str))
 
+    def abort(self) -> None:
+        """Cut every request in flight: a reply the server is still thinking about ends now, as a dropped
+        connection (the loop, told to stop, ends such a session ``cancelled``)."""
+        with self._in_flight_lock:
+            sockets = list(self._in_flight)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+
     # --- HTTP ---------------------------------------------------------------------------------
 
     def _data_url(self, image: Image.Image) -> str:
@@ -170,10 +185,13 @@ class OpenAIBackend(Backend):
         cls = http.client.HTTPSConnection if self._split.scheme == "https" else http.client.HTTPConnection
         conn = cls(self._split.hostname, self._split.port, timeout=self.timeout)
         response: http.client.HTTPResponse | None = None
+        sock = None
         try:  # the finally closes the connection however the stream ends, early close included
             try:
                 conn.connect()
                 sock = conn.sock  # kept: http.client lets go of it for a response that ends with the connection
+                with self._in_flight_lock:
+                    self._in_flight.add(sock)
             except OSError as err:
                 raise self._fail(f"cannot reach the OpenAI-compatible server at {self.base_url}: {err}. "
                                  f"Is it running? {SERVE_HINT}") from None
@@ -195,6 +213,8 @@ class OpenAIBackend(Backend):
                 raise self._fail(f"{self.base_url} answered with {kind}, not an event stream: is --base-url the"
                                  " API root of an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1)?")
         finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(sock)
             if response is not None:
                 response.close()
             conn.close()

@@ -61,6 +61,10 @@ class Backend:
         """How far :meth:`load` is: a fraction from 0 to 1 and the stage in words (done, by default)."""
         return 1.0, ""
 
+    def abort(self) -> None:
+        """Stop the replies in flight now, from another thread, without waiting for their next chunk (a
+        stopped eval run whose server holds requests). Nothing by default: closing a stream stops it."""
+
     def describe(self) -> str:
         """Which model, on what, how: one line for the page (the local model adds its device and memory)."""
         return f"{self.name} · {self.model_id}" if self.model_id else self.name

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,6 +37,7 @@ from taco_app.tools.execution import DEFAULT_TOOL_TIMEOUT
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@:=-]{0,127}")
 FINISHED = ("finished", "max_steps")  # the session statuses that finish an item
 MAX_CONCURRENCY = 256
+POLL_S = 0.2  # how often the run looks at its stop event while items are in flight
 # The settings a run keeps: going on with other values needs --resume (the report shows the latest).
 SETTING_NAMES = {"data": "--data", "fingerprint": "the data's content", "mode": "--mode", "backend": "--backend",
                  "model": "the model", "family": "--family", "scorer": "--scorer", "max_replies": "--max-replies"}
@@ -231,8 +232,13 @@ def evaluate(store: Store, benchmark: Benchmark, name: str, backend: Backend, *,
 
     workers = min(concurrency, backend.max_sessions or concurrency, max(len(todo), 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="taco-eval") as pool:
-        for future in [pool.submit(one, item) for item in todo]:
-            future.result()  # a program error in a worker surfaces here
+        pending = {pool.submit(one, item) for item in todo}
+        while pending:  # woken often, so Ctrl-C is seen at once, and replies a server holds are cut
+            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a program error in a worker surfaces here
+            if cancel.is_set():
+                backend.abort()
     stored = evals.finished(store, name)
     return Summary(name=name, n=len(stored), correct=sum(stored.values()), settings=settings, failed=failures,
                    resumed=progress.resumed, skipped_rows=len(benchmark.problems), elapsed_s=progress.elapsed_s,
