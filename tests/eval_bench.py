@@ -239,7 +239,8 @@ def _play(plan: Plan, model: str, mode: str, max_replies: int) -> ItemTruth:
                          Counter(), Counter(), use["prompt_tokens"], use["completion_tokens"])
     script = plan.scripts[model]
     last = max_replies + 1
-    truth = ItemTruth(plan.id, plan.category, "max_steps", None, False, 0, 0, 0, 0, Counter(), Counter(), Counter(), 0, 0)
+    truth = ItemTruth(plan.id, plan.category, "max_steps", None, False, 0, 0, 0, 0, Counter(), Counter(), Counter(),
+                      0, 0)
     for index in range(1, last + 1):
         reply = script[min(index, len(script)) - 1]
         use = usage(reply.text, index, mode)
@@ -353,8 +354,8 @@ def _item(i: int, kind: str, category: str, rng: random.Random, folder: Path) ->
                 "not_json_first": [NOT_JSON, calc, final(right, True)],
                 "wrong_shape_second": [calc, WRONG_SHAPE, final(right, True)],
                 "not_json_twice": [NOT_JSON, NOT_JSON, final(right, True)],
-                "bad_arguments": [Reply(step("I add them.", "Calculate", expr=f"{a}+{b}"), "bad_arguments", "Calculate"),
-                                  final(right, True)],
+                "bad_arguments": [Reply(step("I add them.", "Calculate", expr=f"{a}+{b}"), "bad_arguments",
+                                        "Calculate"), final(right, True)],
             }[kind]
     elif category == "count":
         colour = rng.choice(list(COLOURS))
