@@ -105,3 +105,16 @@ def test_why_an_action_failed_is_recorded_and_the_model_reads_tacos_text(store, 
         assert "taco_app" not in observation.observation
     row = store.get_session(of_kind(events, ev.Finished)[-1].session_id)
     assert row.steps[0].error_code == code
+
+
+def test_review_shows_a_direct_answer_as_the_reply_it_was(store):
+    from taco_app.store import codec
+    from taco_app.ui.render import chat_messages
+
+    events = list(store.record(run_loop("Which?", [Image.new("RGB", (8, 8))], ReplayBackend(["  B, the dog  "]),
+                                        mode="direct", sink=store.images)))
+    stored = codec.trace_events(queries.get_trace(store, of_kind(events, ev.Finished)[-1].session_id))
+    for shown in (chat_messages(events), chat_messages(stored)):
+        text = "\n".join(str(m["content"]) for m in shown)
+        assert "**Direct answer**" in text and "B, the dog" in text and "No action" not in text
+        assert "**Answer:** B, the dog" in text

@@ -127,6 +127,8 @@ def trace_events(trace: "Trace") -> list[ev.Event]:
     for row in trace.steps:
         last = row["index"]
         events += _step_events(row, [i for i in infos if i.role != "input" and i.step == last])
+    if session.get("mode") == "direct" and session.get("status") == "finished":  # its one reply is the answer
+        events.append(ev.FinalAnswer(step=last, answer=session.get("answer")))
     if session.get("status") not in (None, "running"):
         events.append(ev.Finished(step=last, session_id=session["id"], status=session["status"],
                                   answer=session.get("answer"), steps=last, total_s=session.get("total_s") or 0.0,

@@ -100,11 +100,14 @@ class _Step:
     done: bool = False
     not_run: bool = False  # the session ended before its action ran
     content: str | None = None
+    direct: bool = False  # the one reply of a direct-answer session (no thought, no action: it is the answer)
 
     def label(self) -> str:
         """Plain text: what the step did, for titles and selectors."""
         if self.parse_error is not None:
             return "parse error"
+        if self.parsed is not None and self.direct:
+            return "direct answer"
         if self.parsed is not None:
             action = self.action()
             return str(action.name) if action else "no action"
@@ -139,6 +142,9 @@ class _Step:
             ]
         if self.parsed is None:
             return [self._streaming()]
+        if self.direct:
+            return ["**Direct answer** (TACO's direct-answer baseline: one reply, no steps or tools):\n"
+                    + code_block(self.parsed.raw), self._timings()]
         parts = [escape_text(self.parsed.thought) if self.parsed.thought else "*(no thought)*"]
         action = self.action()
         if action is None:
@@ -219,16 +225,18 @@ class ChatView:
         self._answer: tuple[Any] | None = None  # a 1-tuple, so that an answer of None still counts
         self._error: ev.Error | None = None
         self._finished: ev.Finished | None = None
+        self._direct = False
 
     def _step(self, number: int) -> _Step:
         step = self._steps.get(number)
         if step is None:
-            step = self._steps[number] = _Step(number)
+            step = self._steps[number] = _Step(number, direct=self._direct)
         step.content = None
         return step
 
     def add(self, event: ev.Event) -> None:
         if isinstance(event, ev.SessionStarted):
+            self._direct = event.mode == "direct"
             ids = ", ".join(escape_text(info.image_id) for info in event.images)
             self._question = escape_text(event.question) + (f"\n\n*Images: {ids}*" if ids else "")
         elif isinstance(event, ev.StepStarted):
