@@ -29,6 +29,14 @@ from taco_app.cli import main
 from taco_app.store import evals
 
 from .conftest import ROOT
+
+
+def asked(plan) -> str:
+    """The question as the model is asked it: with its options as TACO's AgentDataset.build_mcq_prompt wrote them."""
+    if not plan.choices:
+        return plan.question
+    options = "".join(f"{letter}. {choice}\n" for letter, choice in zip("ABCDEFGHIJ", plan.choices))
+    return f"Question: {plan.question}\nOptions:\n{options}Please select the correct answer from the options above. \n"
 from .eval_bench import FakeTACO, Truth, make_benchmark
 
 N = 32
@@ -176,7 +184,7 @@ def test_a_comparison_lists_exactly_the_planted_flips(truth, fake, capsys, tmp_p
         assert flip["other_session_id"] == lines["taco-b"][item_id]["session_id"]
         assert flip["prediction"] == a.items[item_id].prediction
         assert flip["other_prediction"] == b.items[item_id].prediction
-        assert flip["question"] == truth.plan(item_id).question
+        assert flip["question"] == asked(truth.plan(item_id))
     # The other way round, the same flips change direction.
     status, _, err = run_report(capsys, "run-taco-b", "--vs", "run-taco-a", "--out", str(tmp_path / "ba"))
     assert status == 0, err

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import stat
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -43,6 +44,7 @@ MAX_ID_CHARS = 1000  # ids go into messages and the store; a longer one is a mis
 _BATCH = 64  # dataset rows read at a time
 _SHOWN = 3  # problems quoted when no row can be used
 _FORMS = "a .jsonl file, a .parquet file or a folder written by datasets' save_to_disk"
+LETTERS = string.ascii_uppercase  # the options' letters, in order
 _COLUMNS = ("id", "index", "question_id", "question", "answer", "answers", "image", "images", "choices",
             "options", "category")
 
@@ -77,6 +79,17 @@ class Item:
     images: tuple[ImageRef, ...]
     choices: tuple[str, ...] | None = None
     category: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        """What the model is asked: the question, and for multiple choice its options as TACO's harness
+        wrote them (``AgentDataset.build_mcq_prompt``: "Question: …", "Options:", "A. …", and the request
+        to pick one)."""
+        if not self.choices:
+            return self.question
+        options = "".join(f"{letter}. {choice}\n" for letter, choice in zip(LETTERS, self.choices))
+        return (f"Question: {self.question}\nOptions:\n{options}"
+                "Please select the correct answer from the options above. \n")
 
     def open_images(self) -> list[InputImage]:
         """Every image decoded now, in order; raises ``media.ImageLoadError`` for the first that fails."""
@@ -404,6 +417,8 @@ def _choices(row: dict) -> tuple[str, ...] | None:
     for i, choice in enumerate(value):
         if not isinstance(choice, str):
             raise _Bad(f"'{key}' must be a list of texts; option {i} is {_what(choice)}")
+    if len(value) > len(LETTERS):
+        raise _Bad(f"'{key}' has {len(value)} options; an item can have at most {len(LETTERS)} (A to Z)")
     return tuple(value) or None  # an empty list: not a multiple-choice item
 
 

@@ -10,8 +10,8 @@ What each number means (report.md repeats it under "Definitions"):
   sessions with at least one). ``unknown_actions``, ``bad_arguments``, ``timeouts`` and
   ``tool_failures`` count the steps whose error code is ``unknown_action``, ``bad_arguments``,
   ``timeout`` and ``tool``. ``max_steps`` counts the items whose session stopped at the step limit.
-  ``tools``: per action that ran (Terminate left out, and a step naming an unknown action too: that is
-  no tool), ``uses`` = its steps, ``sessions`` = the items whose session used it at least once,
+  ``tools``: per action the model called (Terminate left out, and a step naming an unknown action too:
+  that is no tool), ``uses`` = its steps, calls whose arguments were refused included, ``sessions`` = the items whose session used it at least once,
   ``correct`` = how many of those were right, ``accuracy`` = correct / sessions (accuracy when used).
 - **latency_s**: each item's session wall time; p50 and p95 interpolate linearly, items without a
   time are left out.
@@ -176,7 +176,7 @@ DEFINITIONS = """\
 - **Unknown actions, bad arguments, timeouts, tool failures**: steps whose action named no tool, whose
   arguments were refused, whose tool ran out of time, or whose tool failed.
 - **Stopped at the step limit**: items whose session reached the most replies allowed (status max_steps).
-- **Tools**: uses = steps that ran the tool; sessions = items whose session used it at least once;
+- **Tools**: uses = steps that called the tool (calls with refused arguments included); sessions = items whose session used it at least once;
   accuracy when used = correct among those sessions. Terminate and unknown actions are left out.
 - **Latency**: each item's session wall time; p50 and p95 interpolate linearly; items without a time
   are left out.

@@ -254,7 +254,7 @@ def _run_item(store: Store, item: Item, backend: Backend, *, tools: Toolbox, mod
         return Failure(item.id, f"cannot open its image: {err}")
     end: ev.Finished | None = None
     error = ""
-    events = run(item.question, images, backend, tools=tools, sink=store.images, cancel=cancel, max_replies=max_replies,
+    events = run(item.prompt, images, backend, tools=tools, sink=store.images, cancel=cancel, max_replies=max_replies,
                  tool_timeout_s=tool_timeout_s, mode=mode)
     for event in store.record(events):
         if isinstance(event, ev.Error):
