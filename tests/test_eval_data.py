@@ -419,3 +419,12 @@ def test_images_are_decoded_only_when_opened_with_the_checks_an_upload_gets(fold
         "line 3 (cut-jpeg): image 'cut.jpg' is damaged or cut short (Truncated File Read)"]
     with pytest.raises(ImageLoadError, match="cut short"):
         benchmark.items[0].open_images()
+
+
+def test_a_multiple_choice_item_is_asked_with_its_options_as_taco_laid_them_out():
+    from taco_app.evaluation.data import Item
+
+    item = Item("q1", "Which is bigger?", ("B",), (), choices=("the cat", "the dog"))
+    assert item.prompt == ("Question: Which is bigger?\nOptions:\nA. the cat\nB. the dog\n"
+                           "Please select the correct answer from the options above. \n")
+    assert Item("q2", "What is 2+2?", ("4",), ()).prompt == "What is 2+2?"
