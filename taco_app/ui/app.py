@@ -1,4 +1,4 @@
-"""The web app: the Ask, Review, Compare, Export and Doctor tabs in one Gradio Blocks, and how it is served.
+"""The web app: the Ask, Review, Compare, Evaluate, Export and Doctor tabs in one Gradio Blocks, and how it is served.
 
 It binds to 127.0.0.1 unless told otherwise; ``--share`` and basic auth are opt-in. Every browser
 session has its own live run (:mod:`taco_app.ui.live`); all of them share one store and one model.
@@ -44,7 +44,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     global gr
     import gradio as gr
 
-    from taco_app.ui import ask, compare, errors, export_tab, forking, review
+    from taco_app.ui import ask, compare, errors, evaluate, export_tab, forking, review
 
     registry = Registry()
     with gr.Blocks(title="TACO Studio", delete_cache=(3600, 86400)) as app:
@@ -56,6 +56,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 reviewing = review.build_review(studio)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 comparing = compare.build(studio)
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
+                evaluating = evaluate.build(studio, app)
             with gr.Tab("Export", id="export"):
                 export_tab.build(studio)
             with gr.Tab("Doctor", id="doctor"):
@@ -73,6 +75,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         # Forks run with the Ask tab's model and stream into Review; Review opens Compare and back.
         forking.wire(studio, registry, reviewing, asking.choice)
         compare.wire_review(studio, tabs, reviewing, comparing)
+        evaluate.wire_compare(studio, tabs, evaluating, comparing)  # a flipped item opens in Compare
 
         def forget(request: gr.Request) -> None:  # the tab closed: stop its run, drop its state
             registry.forget(owner(request))
