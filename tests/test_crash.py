@@ -71,7 +71,7 @@ def test_kill_9_during_four_sessions_loses_no_finished_step(tmp_path):
     app = start(home, port)  # the restart marks the dead process's sessions interrupted
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        rows, total = client.predict("crash test", "interrupted", "any", "", 1, api_name="/search_sessions")
+        rows, total = client.predict("crash test", "interrupted", "any", "", 1, "", api_name="/search_sessions")
         assert total.startswith("4 session(s)"), total
     finally:
         app.terminate()

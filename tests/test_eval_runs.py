@@ -124,3 +124,15 @@ def test_run_names_are_checked(store, tmp_path, name):
     benchmark = load_benchmark(write_benchmark(tmp_path, 1))
     with pytest.raises(EvalError, match="--name"):
         evaluate(store, benchmark, name, PerItem(), tools=default_tools())
+
+
+def test_review_finds_a_runs_sessions_by_its_name(store, tmp_path):
+    from taco_app.store import queries
+
+    benchmark = load_benchmark(write_benchmark(tmp_path, 3))
+    evaluate(store, benchmark, "first", PerItem(), tools=default_tools())
+    evaluate(store, benchmark, "second", PerItem(), tools=default_tools(), limit=2)
+    found = {name: queries.list_sessions(store, queries.SessionFilter(eval_run=name)) for name in ("first", "second")}
+    assert (found["first"].total, found["second"].total) == (3, 2)
+    assert {s.id for s in found["second"].items} == {r.session_id for r in evals.run_data(store, "second").items}
+    assert queries.list_sessions(store, queries.SessionFilter(eval_run="third")).total == 0

@@ -370,7 +370,7 @@ def test_review_feedback_is_validated_and_saved(server):
     trace = queries.get_trace(studio.store, session_id)
     assert trace.corrected_steps[2]["actions"][0]["arguments"]["expression"] == "50 / 3.89"
     assert trace.corrected_answer == "About 12.85 gallons of premium"
-    rows, total = client.predict("gallons", "finished", "any", "", 1, api_name="/search_sessions")
+    rows, total = client.predict("gallons", "finished", "any", "", 1, "", api_name="/search_sessions")
     assert session_id in str(rows) and "session(s)" in total
 
 
@@ -456,7 +456,7 @@ def test_a_database_failure_shows_its_own_message_as_text(server, monkeypatch):
 def test_review_search_refuses_a_huge_page_or_query_with_a_plain_message(server, text, page, message):
     url, _studio = server
     client = Client(url, verbose=False)
-    search = lambda: client.predict(text, "any", "any", "", page, api_name="/search_sessions")  # noqa: E731
+    search = lambda: client.predict(text, "any", "any", "", page, "", api_name="/search_sessions")  # noqa: E731
     if message is None:
         assert "session(s)" in search()[1]
         return

@@ -51,7 +51,7 @@ def test_a_locked_then_deleted_database_is_said_plainly_and_the_next_run_works(t
         assert "deleted or replaced" in chat and "not saved" in info
         no_sql(chat + info)
         with pytest.raises(Exception) as raised:
-            client.predict("", "any", "any", "", 1, api_name="/search_sessions")
+            client.predict("", "any", "any", "", 1, "", api_name="/search_sessions")
         assert "deleted or replaced" in str(raised.value)
         no_sql(str(raised.value))
     assert not [line for line in log if "Exception in ASGI application" in line]

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session as DbSession
 from taco_app.cota.parser import ParseFailure, parse
 from taco_app.cota.registry import action_names
 from taco_app.store.db import Store
-from taco_app.store.schema import BLAMES, FeedbackRow, ImageRow, PreferenceRow, SafeText, SessionRow, StepRow
+from taco_app.store.schema import (BLAMES, EvalItemRow, FeedbackRow, ImageRow, PreferenceRow, SafeText, SessionRow,
+                                   StepRow)
 
 RATINGS = ("up", "down")
 MAX_PAGE_SIZE = 500
@@ -42,6 +43,7 @@ class SessionFilter:
     ``until``; a date means local midnight, and a date ``until`` includes that whole day.
     ``rating``: the latest session-level rating (step is null) is the one that counts.
     ``tool``: sessions with at least one step whose action name equals it.
+    ``eval_run``: the sessions that answered the items of the eval run of that name.
     """
 
     text: str | None = None
@@ -51,6 +53,7 @@ class SessionFilter:
     status: str | None = None
     rating: str | None = None
     tool: str | None = None
+    eval_run: str | None = None
     page: int = 1
     page_size: int = 50
 
@@ -224,6 +227,8 @@ def _conditions(flt: SessionFilter) -> list[ColumnElement[bool]]:
     if flt.tool is not None:
         # steps.action_name is indexed together with session_id: an index-only lookup.
         where.append(SessionRow.id.in_(select(StepRow.session_id).where(StepRow.action_name == flt.tool)))
+    if flt.eval_run is not None:
+        where.append(SessionRow.id.in_(select(EvalItemRow.session_id).where(EvalItemRow.run_name == flt.eval_run)))
     return where
 
 

@@ -48,9 +48,11 @@ def _search_text(label: str, text: str | None) -> str | None:
     return text or None
 
 
-def _table(studio: Studio, text: str, status: str, rating: str, tool: str, page: int) -> tuple[list[list[Any]], str]:
+def _table(studio: Studio, text: str, status: str, rating: str, tool: str, page: int,
+           eval_run: str | None = None) -> tuple[list[list[Any]], str]:
     flt = queries.SessionFilter(text=_search_text("search text", text), status=None if status == "any" else status,
                                 rating=None if rating == "any" else rating, tool=_search_text("tool name", tool),
+                                eval_run=_search_text("eval run", (eval_run or "").strip()),
                                 page=_search_page(page), page_size=20)
     try:
         result = queries.list_sessions(studio.store, flt)
@@ -91,6 +93,7 @@ class ReviewPage:
     status: gr.Dropdown
     rating: gr.Dropdown
     tool: gr.Textbox
+    eval_run: gr.Textbox
     page: gr.Number
     refresh: gr.Button
     total: gr.Markdown
@@ -125,7 +128,7 @@ class ReviewPage:
     save_note: gr.Button
 
     def filters(self) -> list[Any]:
-        return [self.search, self.status, self.rating, self.tool, self.page]
+        return [self.search, self.status, self.rating, self.tool, self.page, self.eval_run]
 
     def shown(self) -> list[Any]:
         """What showing a stored step updates, in the order its API (show_stored_step) returns them."""
@@ -152,6 +155,7 @@ def _layout() -> ReviewPage:
         status = gr.Dropdown(STATUSES, value="any", label="Status", scale=1)
         rating = gr.Dropdown(["any", "up", "down"], value="any", label="Rating", scale=1)
         tool = gr.Textbox(label="Used the tool", placeholder="e.g. OCR", scale=1)
+        eval_run = gr.Textbox(label="Eval run", placeholder="a run's name", scale=1, elem_id="review-eval-run")
         page = gr.Number(value=1, precision=0, minimum=1, label="Page", scale=1)
         refresh = gr.Button("Search", scale=1, elem_id="review-refresh")
     total = gr.Markdown()
@@ -200,7 +204,7 @@ def _layout() -> ReviewPage:
             manual = manual_panel("review-")
             note = gr.Textbox(label="Note", lines=2)
             save_note = gr.Button("Save note")
-    return ReviewPage(search=search, status=status, rating=rating, tool=tool, page=page, refresh=refresh, total=total,
+    return ReviewPage(search=search, status=status, rating=rating, tool=tool, eval_run=eval_run, page=page, refresh=refresh, total=total,
                       table=table, session_id=session_id, lineage=lineage, family=family, slider=slider,
                       previous=previous, following=following, chat=chat, picture=picture, caption=caption,
                       feedback=feedback, up=up, down=down, step_good=step_good, step_model=step_model,
@@ -210,8 +214,8 @@ def _layout() -> ReviewPage:
 
 
 def _wire_search(studio: Studio, page: ReviewPage) -> None:
-    def search_sessions(text, status, rating, tool, number):
-        return _table(studio, text, status, rating, tool, number)
+    def search_sessions(text, status, rating, tool, number, eval_run=""):
+        return _table(studio, text, status, rating, tool, number, eval_run)
 
     page.refresh.click(search_sessions, page.filters(), [page.table, page.total], api_name="search_sessions")
     page.search.submit(search_sessions, page.filters(), [page.table, page.total], api_name=False)
