@@ -136,3 +136,37 @@ def test_review_finds_a_runs_sessions_by_its_name(store, tmp_path):
     assert (found["first"].total, found["second"].total) == (3, 2)
     assert {s.id for s in found["second"].items} == {r.session_id for r in evals.run_data(store, "second").items}
     assert queries.list_sessions(store, queries.SessionFilter(eval_run="third")).total == 0
+
+
+def test_the_judge_scores_through_a_real_server_and_is_off_unless_asked(store, tmp_path, capsys):
+    """``--scorer judge`` asks an OpenAI-compatible server for each verdict (MM-Vet's prompt), and the
+    standard rules are used unless it is asked for."""
+    from taco_app.cli import main
+
+    from .test_openai_backend import FakeOpenAI
+
+    data = write_benchmark(tmp_path, 2)
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps([step("Terminate", {"answer": "one"}), step("Terminate", {"answer": "two"})]))
+    common = ["eval", "--data", str(data), "--backend", f"replay:{replay}", "--json"]
+    assert main([*common, "--name", "no-judge", "--scorer", "judge"]) == 2
+    assert "--judge-model" in capsys.readouterr().err
+    server = FakeOpenAI()
+    server.thread.start()
+    try:
+        server.reply("1.0")  # "one" for 1 + 0 = 1: the judge says right
+        server.reply("0.0")
+        status = main([*common, "--name", "judged", "--scorer", "judge", "--judge-model", "judge",
+                       "--judge-base-url", server.url])
+        out = capsys.readouterr().out.splitlines()
+    finally:
+        server.stop.set()
+        server.server.shutdown()
+        server.server.server_close()
+    assert status == 0
+    items = [json.loads(line) for line in out[:-1]]
+    assert [(i["id"], i["correct"], i["how"]) for i in items] == [("q0", True, "judge"), ("q1", False, "judge")]
+    asked = server.requests[0]["messages"][-1]["content"]
+    assert "What is 0 + 1? | 1 | one |" in asked  # MM-Vet's table row: question | answer | prediction | score
+    assert main([*common[:-1], "--name", "plain"]) == 0  # the default: the fixed rules, no server
+    assert "0 of 2 right" in capsys.readouterr().out
