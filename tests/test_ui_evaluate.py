@@ -289,6 +289,18 @@ def test_two_runs_report_lists_the_flips_and_each_opens_both_sessions(studio, be
         tab.open_flipped(studio, view.pairs, "q05")
 
 
+def test_text_from_the_data_is_shown_as_text(studio, bench, fake, tmp_path):
+    import json
+
+    rows = [json.loads(line) for line in bench.data.read_text().splitlines()]
+    rows[0]["category"] = '<img src="http://127.0.0.1:9/x"> *bold* | $x$'
+    bench.data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run_a(studio.store, bench, fake, limit=2)
+    summary = tab.report_view(studio, "run-a", "", tmp_path / "report").summary
+    assert '| &lt;img src="http\\://127.0.0.1:9/x"&gt; \\*bold\\* \\| \\$x\\$ | 1 |' in summary
+    assert "<img" not in summary
+
+
 @pytest.mark.parametrize("a, b, said", [
     ("", "", "Pick a run"),
     ("run-a", "run-a", "'run-a' was picked twice"),
