@@ -233,12 +233,18 @@ def evaluate(store: Store, benchmark: Benchmark, name: str, backend: Backend, *,
     workers = min(concurrency, backend.max_sessions or concurrency, max(len(todo), 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="taco-eval") as pool:
         pending = {pool.submit(one, item) for item in todo}
-        while pending:  # woken often, so Ctrl-C is seen at once, and replies a server holds are cut
-            done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
-            for future in done:
-                future.result()  # a program error in a worker surfaces here
-            if cancel.is_set():
-                backend.abort()
+        try:
+            while pending:  # woken often, so Ctrl-C is seen at once, and replies a server holds are cut
+                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # an error in a worker (the store failing) surfaces here
+                if cancel.is_set():
+                    backend.abort()
+        except BaseException:  # the run ends here: queued items do not start, running ones stop
+            cancel.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            backend.abort()
+            raise
     stored = evals.finished(store, name)
     return Summary(name=name, n=len(stored), correct=sum(stored.values()), settings=settings, failed=failures,
                    resumed=progress.resumed, skipped_rows=len(benchmark.problems), elapsed_s=progress.elapsed_s,

@@ -359,17 +359,26 @@ def check_request(studio: Studio, data: str | None, name: str | None, mode: str 
         raise gr.Error(f"Choose a mode: {' or '.join(MODES)}.")
     if model == MANUAL:
         raise gr.Error("Manual mode needs a person at every step of every item: choose a model for an eval run.")
-    if not model or model not in eval_choices(studio):
-        raise gr.Error("Choose a model (the list has the same models as the Ask tab).")
+    choices = eval_choices(studio)
+    if not choices:
+        raise gr.Error(NO_MODEL)
+    if not model or model not in choices:
+        raise gr.Error(f"Choose a model: {' or '.join(choices)}.")
     return RunRequest(data, name, mode, model,
                       _whole(concurrency, "the number of sessions at once", low=1, high=MAX_CONCURRENCY),
                       _whole(limit, "the limit", low=0, optional=True) or None,  # 0: every item
                       _whole(max_replies, "max replies", low=0), bool(resume))
 
 
+NO_MODEL = ("No model can answer a benchmark here: start the app where a TACO checkpoint and CUDA are, or set"
+            " TACO_OPENAI_BASE_URL and TACO_OPENAI_MODEL to a vLLM server (README, Serving TACO with vLLM).")
+
+
 def eval_choices(studio: Studio) -> list[str]:
-    """The Ask tab's models, less manual mode (a person cannot write every step of a benchmark)."""
-    return [label for label in studio.choices() if label != MANUAL]
+    """The Ask tab's models that can answer any question: the local checkpoint and the server. Not manual
+    mode (a person cannot write every step of a benchmark), nor the examples' replayed scripts (each
+    answers its own picture)."""
+    return [label for label in studio.choices() if label in (LOCAL, OPENAI)]
 
 
 def backend_spec(studio: Studio, label: str) -> str:
@@ -377,10 +386,7 @@ def backend_spec(studio: Studio, label: str) -> str:
     other's runs."""
     if label == LOCAL:
         return "auto"
-    if label == OPENAI:
-        return "openai"
-    example = studio.example(label)
-    return f"replay:{example.script}" if example is not None else label
+    return "openai" if label == OPENAI else label
 
 
 def read_benchmark(path: str) -> Benchmark:
