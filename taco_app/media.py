@@ -13,7 +13,7 @@ import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -64,15 +64,7 @@ def load_image_info(path: str | Path) -> tuple[Image.Image, list[str]]:
         raise ImageLoadError(f"image not found: {path}")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"image {path} is empty (0 bytes): upload it again")
-    limit = _pixel_limit()
-    with _load_errors(path, limit, lambda: _head(path)):
-        with Image.open(path, formats=FORMATS) as img:
-            _check_size(path, img.size, limit)
-            img.load()
-            notes = _frame_notes(path, img)
-            upright, note = _upright(path, img)
-            notes += note
-            return to_rgb(upright), notes
+    return _decode(path, path, lambda: _head(path))
 
 
 def identify_image(data: bytes, name: str) -> tuple[str, tuple[int, int]]:
@@ -100,15 +92,20 @@ def load_image_bytes(data: bytes, name: str) -> tuple[Image.Image, list[str]]:
     path = Path(name)
     if not data:
         raise ImageLoadError(f"image {path.name} is empty (0 bytes)")
+    return _decode(io.BytesIO(data), path, lambda: data[:32])
+
+
+def _decode(source: Any, path: Path, head: Callable[[], bytes]) -> tuple[Image.Image, list[str]]:
+    """The picture in ``source`` (a path or a file object), checked, decoded whole, upright and RGB, and the
+    notes on what was done to it; ``path`` names it in messages, ``head`` gives its first bytes."""
     limit = _pixel_limit()
-    with _load_errors(path, limit, lambda: data[:32]):
-        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+    with _load_errors(path, limit, head):
+        with Image.open(source, formats=FORMATS) as img:
             _check_size(path, img.size, limit)
             img.load()
             notes = _frame_notes(path, img)
             upright, note = _upright(path, img)
-            notes += note
-            return to_rgb(upright), notes
+            return to_rgb(upright), notes + note
 
 
 def _pixel_limit() -> int:

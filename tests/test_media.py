@@ -64,13 +64,14 @@ def refused_by_pillow(err: ImageLoadError) -> bool:
 
     load_image_info turns every exception into an ImageLoadError, so a bug in our conversion would
     pass for a bad file. Its own checks raise ImageLoadError directly (no cause); anything else must
-    have come out of a call from load_image_info straight into Pillow.
+    have come out of a call from our decoding (media._decode, which load_image_info and load_image_bytes
+    share) straight into Pillow.
     """
     cause = err.__cause__
     if cause is None:
         return True
     frames = traceback.extract_tb(cause.__traceback__)
-    ours = [i for i, frame in enumerate(frames) if frame.name == "load_image_info"]
+    ours = [i for i, frame in enumerate(frames) if frame.name in ("load_image_info", "_decode")]
     below = ours[-1] + 1 if ours else len(frames)
     return below < len(frames) and Path(frames[below].filename).resolve().is_relative_to(PILLOW)
 

@@ -157,19 +157,21 @@ def check_question(question: str | None) -> str:
 
 
 def user_request(question: str, image_ids: list[str]) -> Turn:
-    parts: list[Part] = ["\n# USER REQUEST #:\n"]
-    for image_id in image_ids:
-        parts += [f"{image_id}: ", ImagePart(image_id), "\n"]
-    parts.append(f"{question}\n\nNow please generate your response:\n")
-    return Turn("user", _merge(parts))
+    return _request(question, image_ids, "\nNow please generate your response:\n")
 
 
 def direct_request(question: str, image_ids: list[str]) -> Turn:
     """The request of TACO's direct-answer baseline: its images and question, with no call to respond in steps."""
+    return _request(question, image_ids, "\n")
+
+
+def _request(question: str, image_ids: list[str], tail: str) -> Turn:
+    """TACO's request: its header, its query as ``format_query`` wrote it (``image-k: <image>`` lines, then
+    the question and a newline), then the prompt's own ``tail``."""
     parts: list[Part] = ["\n# USER REQUEST #:\n"]
     for image_id in image_ids:
         parts += [f"{image_id}: ", ImagePart(image_id), "\n"]
-    parts.append(f"{question}\n\n")
+    parts.append(f"{question}\n{tail}")
     return Turn("user", _merge(parts))
 
 

@@ -41,6 +41,7 @@ from taco_app.tools import default_tools
 from taco_app.ui import render
 from taco_app.ui.compare import ComparePage, comparison
 from taco_app.ui.live import ModelLoadError, Owner, loading, owner
+from taco_app.ui.scratch import LatestFolders
 from taco_app.ui.studio import LOCAL, MANUAL, OPENAI, Studio
 
 UPDATE_S = 0.25  # at most four progress updates a second while items finish
@@ -630,26 +631,6 @@ def two_run_summary(report: dict[str, Any], other: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-class _LatestReports:
-    """Each browser tab's latest report folder, removed when its next report replaces it."""
-
-    def __init__(self) -> None:
-        self._folders: dict[Owner, Path] = {}
-        self._lock = threading.Lock()
-
-    def replace(self, key: Owner, folder: Path) -> None:
-        with self._lock:
-            previous, self._folders[key] = self._folders.get(key), folder
-        if previous is not None and previous != folder:
-            shutil.rmtree(previous, ignore_errors=True)
-
-    def forget(self, key: Owner) -> None:
-        with self._lock:
-            previous = self._folders.pop(key, None)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-
-
 # --- the tab -------------------------------------------------------------------------------------
 
 
@@ -682,7 +663,7 @@ class EvalPage:
 def build(studio: Studio, app: gr.Blocks) -> EvalPage:
     """The Evaluate tab's components and events (call inside a ``gr.Tab``); ``app`` refreshes the run
     lists when a page loads and stops a tab's run when the tab closes."""
-    jobs, reports = EvalJobs(), _LatestReports()
+    jobs, reports = EvalJobs(), LatestFolders()
     gr.Markdown("Run a benchmark through a model, every item a stored session, scored as it finishes (the same"
                 " as `python app.py eval`). Running a name again goes on where it stopped.")
     with gr.Row():

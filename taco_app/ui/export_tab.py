@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ import gradio as gr
 
 from taco_app.store.export import FORMATS, RATINGS, REASONS, export
 from taco_app.ui import render
-from taco_app.ui.live import Owner, owner
+from taco_app.ui.live import owner
+from taco_app.ui.scratch import LatestFolders
 from taco_app.ui.studio import Studio
 
 
@@ -45,7 +45,7 @@ def build(studio: Studio) -> None:
         component.change(counted, inputs, count)
     fmt.change(lambda fmt_: gr.update(visible=_takes_pair(fmt_)), fmt, pair)
 
-    zips = _LatestZips()
+    zips = LatestFolders()
 
     def run_export(fmt_, rating_, corrected_, since_, pair_, request: gr.Request):
         work = Path(tempfile.mkdtemp(dir=studio.scratch.exports))  # the exported files, until they are zipped
@@ -100,19 +100,3 @@ def _zip_export(studio: Studio, cache: Path, work: Path, *filters: Any) -> str:
     gr.Info(result.summary(filters[0]).capitalize() + ".")
     return archive
 
-
-class _LatestZips:
-    """Each browser tab's latest zip folder, removed when its next export replaces it.
-
-    Keyed by :func:`~taco_app.ui.live.owner`, not the session hash alone: another client could name it.
-    """
-
-    def __init__(self) -> None:
-        self._folders: dict[Owner, Path] = {}
-        self._lock = threading.Lock()
-
-    def replace(self, key: Owner, folder: Path) -> None:
-        with self._lock:
-            previous, self._folders[key] = self._folders.get(key), folder
-        if previous is not None:  # that download was replaced by this one
-            shutil.rmtree(previous, ignore_errors=True)

@@ -20,7 +20,7 @@ import tempfile
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Hashable
 
 from PIL import Image
 
@@ -114,3 +114,27 @@ class Scratch:
         buffer = io.BytesIO()
         image.save(buffer, format=OVERLAY_FORMAT)
         return str(self.overlays.save_bytes(buffer.getvalue(), OVERLAY_FORMAT)[1])
+
+
+class LatestFolders:
+    """Each browser tab's latest folder of served files (an export's zip, a report's plots), removed when
+    the tab's next one replaces it or the tab closes.
+
+    Keyed by :func:`~taco_app.ui.live.owner`, not the session hash alone: another client could name it.
+    """
+
+    def __init__(self) -> None:
+        self._folders: dict[Hashable, Path] = {}
+        self._lock = threading.Lock()
+
+    def replace(self, key: Hashable, folder: Path) -> None:
+        with self._lock:
+            previous, self._folders[key] = self._folders.get(key), folder
+        if previous is not None and previous != folder:  # what it showed before is replaced by this
+            shutil.rmtree(previous, ignore_errors=True)
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            previous = self._folders.pop(key, None)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
