@@ -384,6 +384,8 @@ def test_evaluate_in_a_browser(tmp_path, bench, fake):
         page.locator("#eval-summary").get_by_text("2 flipped").wait_for(timeout=10_000)
         page.locator("#eval-plots img").nth(2).wait_for(timeout=30_000)
         assert page.locator("#eval-plots img").count() == 3
+        # The report's event has ended: no component of the page still shows it as pending.
+        playwright.expect(page.get_by_text(re.compile(r"processing \|"))).to_have_count(0, timeout=30_000)
         page.screenshot(path=str(shots / "evaluate-report.png"), full_page=True)
 
         a_items = {i.item_id: i.session_id for i in evals.run_data(studio.store, "run-a").items}
