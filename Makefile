@@ -32,6 +32,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) -m benchmarks.bench_tools
 	$(PY) -m benchmarks.bench_store
 	$(PY) -m benchmarks.bench_model
+	$(PY) -m benchmarks.bench_eval
 
 # The GPU check (README, *The GPU check*): fetch its wheels into .whl/ where there is internet, then
 # run it on the GPU machine (Python 3.12, torch, transformers; no .venv, no internet needed there).
