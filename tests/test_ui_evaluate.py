@@ -20,6 +20,7 @@ from taco_app.evaluation.runs import Failure, ItemDone, evaluate
 from taco_app.evaluation.stats import wilson
 from taco_app.store import evals, queries
 from taco_app.tools import default_tools
+from taco_app.ui import eval_view
 from taco_app.ui import evaluate as tab
 from taco_app.ui.studio import MANUAL, OPENAI, Studio
 
@@ -74,32 +75,32 @@ def last(updates, name):
 
 
 def test_progress_says_how_far_how_right_how_fast_and_what_failed():
-    snap = tab.Snapshot("run-b", total=10, done=4, correct=3, failed=1, resumed=0, done_now=4, elapsed_s=2.0)
+    snap = eval_view.Snapshot("run-b", total=10, done=4, correct=3, failed=1, resumed=0, done_now=4, elapsed_s=2.0)
     lo, hi = wilson(3, 4)
-    text = tab.progress_text(snap, "running", [Failure("q9", "the server said <b>503</b>")])
+    text = eval_view.progress_text(snap, "running", [Failure("q9", "the server said <b>503</b>")])
     assert text.startswith("**run-b** · running")
     assert "**4 of 10** items done" in text
     assert f"accuracy so far **75.0%** (95% CI {100 * lo:.1f}–{100 * hi:.1f}%), 3 right" in text
     assert "2.00 items/s · about 2 s left · 1 failed" in text  # (10 - 4 - 1) items at 2 a second
     assert "**1 item(s) not finished**" in text and "q9: the server said &lt;b&gt;503&lt;/b&gt;" in text
 
-    stopping = tab.progress_text(snap, "running", stopping=True)
+    stopping = eval_view.progress_text(snap, "running", stopping=True)
     assert "stopping: the items in flight end, every finished one is kept" in stopping
-    stopped = tab.progress_text(snap, "finished", cancelled=True)
+    stopped = eval_view.progress_text(snap, "finished", cancelled=True)
     assert "stopped: the 4 finished item(s) are kept" in stopped and "left" not in stopped and "took 2 s" in stopped
-    resumed = tab.Snapshot("r", total=10, done=6, correct=3, failed=0, resumed=5, done_now=1, elapsed_s=4.0)
-    said = tab.progress_text(resumed, "finished")
+    resumed = eval_view.Snapshot("r", total=10, done=6, correct=3, failed=0, resumed=5, done_now=1, elapsed_s=4.0)
+    said = eval_view.progress_text(resumed, "finished")
     assert "finished" in said and "**6 of 10** items done (5 finished before, kept)" in said and "0.25 items/s" in said
-    empty = tab.Snapshot("r", total=3, done=0, correct=0, failed=0, resumed=0, done_now=0, elapsed_s=0.0)
-    assert "no item finished yet" in tab.progress_text(empty, "running")
-    assert "time left: –" in tab.progress_text(empty, "running")
+    empty = eval_view.Snapshot("r", total=3, done=0, correct=0, failed=0, resumed=0, done_now=0, elapsed_s=0.0)
+    assert "no item finished yet" in eval_view.progress_text(empty, "running")
+    assert "time left: –" in eval_view.progress_text(empty, "running")
 
 
 def test_latest_items_say_the_answer_and_whether_it_was_right():
     done = [ItemDone("q2", "s2", "math", "finished", 12.5, [12, "twelve"], False, "no match", 0.1),
             ItemDone("q1", "s1", None, "max_steps", None, ["4"], False, "no answer", 0.2),
             ItemDone("q0", "s0", "count", "finished", "4", ["4"], True, "exact", 0.3)]
-    assert tab.latest_rows(done) == [["q2", "12.5", "12 / twelve", "wrong (no match)"],
+    assert eval_view.latest_rows(done) == [["q2", "12.5", "12 / twelve", "wrong (no match)"],
                                      ["q1", "(no answer: stopped at the step limit)", "4", "wrong (no answer)"],
                                      ["q0", "4", "4", "right (exact)"]]
 
@@ -249,7 +250,7 @@ def test_a_store_failing_mid_run_ends_it_with_its_message(studio, bench, fake, m
 def test_one_runs_report(studio, bench, fake, tmp_path):
     run_a(studio.store, bench, fake)
     truth = bench.run("taco-a", max_replies=10)
-    view = tab.report_view(studio, "run-a", "", tmp_path / "report")
+    view = eval_view.report_view(studio, "run-a", "", tmp_path / "report")
     lo, hi = wilson(truth.correct, N)
     assert view.summary.startswith(f"**run-a**: **{100 * truth.accuracy:.1f}%** right"
                                    f" (95% CI {100 * lo:.1f}–{100 * hi:.1f}%), {truth.correct} of {N}")
@@ -267,7 +268,7 @@ def test_one_runs_report(studio, bench, fake, tmp_path):
 def test_two_runs_report_lists_the_flips_and_each_opens_both_sessions(studio, bench, fake, tmp_path, monkeypatch):
     run_a(studio.store, bench, fake)
     follow(studio, tab.EvalJobs(), form(studio, bench))  # run-b, with taco-b
-    view = tab.report_view(studio, "run-a", "run-b", tmp_path / "report")
+    view = eval_view.report_view(studio, "run-a", "run-b", tmp_path / "report")
     right, wrong = bench.flips("taco-a", "taco-b", max_replies=10)
     assert (right, wrong) == (["q00"], ["q01"])
     rows = sorted(view.flips)  # in the order run-a's items finished
@@ -281,12 +282,12 @@ def test_two_runs_report_lists_the_flips_and_each_opens_both_sessions(studio, be
     b_items = {item.item_id: item for item in evals.run_data(studio.store, "run-b").items}
     assert view.pairs == {i: (a_items[i].session_id, b_items[i].session_id) for i in ("q00", "q01")}
 
-    a, b, html, verdicts = tab.open_flipped(studio, view.pairs, "q00")
+    a, b, html, verdicts = eval_view.open_flipped(studio, view.pairs, "q00")
     assert (a, b) == view.pairs["q00"] and a in html and b in html
     assert queries.get_trace(studio.store, a).session["question"] == plan.question
     assert "No preference recorded" in verdicts
     with pytest.raises(gr.Error, match="Show a report of two runs first"):
-        tab.open_flipped(studio, view.pairs, "q05")
+        eval_view.open_flipped(studio, view.pairs, "q05")
 
 
 def test_text_from_the_data_is_shown_as_text(studio, bench, fake, tmp_path):
@@ -296,7 +297,7 @@ def test_text_from_the_data_is_shown_as_text(studio, bench, fake, tmp_path):
     rows[0]["category"] = '<img src="http://127.0.0.1:9/x"> *bold* | $x$'
     bench.data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     run_a(studio.store, bench, fake, limit=2)
-    summary = tab.report_view(studio, "run-a", "", tmp_path / "report").summary
+    summary = eval_view.report_view(studio, "run-a", "", tmp_path / "report").summary
     assert '| &lt;img src="http\\://127.0.0.1:9/x"&gt; \\*bold\\* \\| \\$x\\$ | 1 |' in summary
     assert "<img" not in summary
 
@@ -310,13 +311,13 @@ def test_text_from_the_data_is_shown_as_text(studio, bench, fake, tmp_path):
 def test_a_bad_pick_of_runs_is_said(studio, bench, fake, tmp_path, a, b, said):
     run_a(studio.store, bench, fake, limit=1)
     with pytest.raises(gr.Error, match=re.escape(said)):
-        tab.report_view(studio, a, b, tmp_path / "report")
+        eval_view.report_view(studio, a, b, tmp_path / "report")
 
 
 def test_run_lists_are_newest_first_with_their_scores(studio, bench, fake):
     run_a(studio.store, bench, fake, name="older", limit=2)
     run_a(studio.store, bench, fake, name="newer", limit=3)
-    labels = tab.run_choices(studio)
+    labels = eval_view.run_choices(studio)
     assert [value for _, value in labels] == ["newer", "older"]
     assert re.fullmatch(r"newer · \d/3 right · cota · taco-a", labels[0][0])
 
