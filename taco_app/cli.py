@@ -17,6 +17,9 @@ from typing import Sequence
 from taco_app import __version__
 
 
+DIRECT_MAX_NEW_TOKENS = 512
+
+
 class UsageError(Exception):
     """A mistake in how the command was called; printed as one line, exit status 2."""
 
@@ -233,7 +236,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for problem in benchmark.problems:
         print(f"skipped {problem}", file=sys.stderr)
     scorer = _scorer(args)
-    backend = _backend(args)
+    # TACO's harness let a direct answer have 512 new tokens (2000 for a CoTA step): the same here unless
+    # --max-new-tokens or TACO_MAX_NEW_TOKENS says otherwise.
+    direct_default = args.mode == "direct" and current().source("max_new_tokens") == "default"
+    backend = _backend(args, max_new_tokens=DIRECT_MAX_NEW_TOKENS if direct_default else None)
     if args.concurrency > 1 and backend.max_sessions and backend.max_sessions < args.concurrency:
         print(f"note: the {backend.name} backend runs {backend.max_sessions} session(s) at a time, not {args.concurrency}",
               file=sys.stderr)
@@ -355,11 +361,13 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(args: argparse.Namespace):
+def _backend(args: argparse.Namespace, *, max_new_tokens: int | None = None):
+    """The backend ``--backend`` names; ``max_new_tokens``: a default for this command, under the flag."""
     from taco_app.backends import BackendError, BackendOptions, create_backend
 
     try:  # the model's flags (--device, --base-url …) are in the settings, read by each backend
-        return create_backend(args.backend, BackendOptions(family=args.family))
+        return create_backend(args.backend, BackendOptions(family=args.family,
+                                                           max_new_tokens=args.max_new_tokens or max_new_tokens))
     except BackendError as err:
         raise UsageError(str(err)) from None
 

@@ -102,6 +102,7 @@ def test_every_number_of_a_run_and_its_report_is_what_was_planted(truth, fake, c
     assert {i: (s.session_id, s.status) for i, s in stored.items()} == {
         line["id"]: (line["session_id"], expected.items[line["id"]].status) for line in items}
     assert session_modes(store, [line["session_id"] for line in items]) == {"cota"}
+    assert {r.body["max_tokens"] for r in fake.requests} == {2000}  # TACO's cap on a CoTA step
     summary = rest[-1]
     assert summary["type"] == "eval" and summary["name"] == "taco-a"
     assert (summary["n"], summary["correct"]) == (expected.n, expected.correct) == (N, 24)
@@ -276,6 +277,7 @@ def test_direct_mode_sends_tacos_direct_prompt_byte_for_byte_and_the_reply_is_th
     assert sent.user_text == want
     content = sent.body["messages"][-1]["content"]
     assert [part["type"] for part in content] == ["text", "image_url", "text", "image_url", "text"]
+    assert {r.body["max_tokens"] for r in fake.requests} == {512}  # TACO's cap on a direct answer
 
 
 # --- going on where a run stopped -----------------------------------------------------------------
