@@ -170,3 +170,24 @@ def test_the_judge_scores_through_a_real_server_and_is_off_unless_asked(store, t
     assert "What is 0 + 1? | 1 | one |" in asked  # MM-Vet's table row: question | answer | prediction | score
     assert main([*common[:-1], "--name", "plain"]) == 0  # the default: the fixed rules, no server
     assert "0 of 2 right" in capsys.readouterr().out
+
+
+def test_an_eval_on_a_local_checkpoint(store, tmp_path, capsys):
+    """``--backend transformers:PATH``: a tiny Mantis checkpoint (random weights, the real layout) through the
+    same loader users hit; two sessions at a time, whatever --concurrency asks, each item stored and counted."""
+    from taco_app.cli import main
+
+    from .tiny import mantis
+
+    checkpoint = mantis.build(tmp_path / "mantis", tower="siglip")
+    data = write_benchmark(tmp_path, 3)
+    status = main(["eval", "--data", str(data), "--name", "local", "--backend", f"transformers:{checkpoint}",
+                   "--device", "cpu", "--max-new-tokens", "8", "--max-replies", "1", "--concurrency", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "runs 2 session(s) at a time, not 4" in err
+    summary = json.loads(out.splitlines()[-1])
+    assert (summary["n"], summary["backend"], summary["model"]) == (3, f"transformers:{checkpoint}", str(checkpoint))
+    run = evals.run_data(store, "local")
+    assert len(run.items) == 3 and all(item.prompt_tokens > 0 for item in run.items)  # the model counted them
+    assert {item.status for item in run.items} <= {"finished", "max_steps"}  # random weights rarely answer
