@@ -29,6 +29,14 @@ from taco_app.cli import main
 from taco_app.store import evals
 
 from .conftest import ROOT
+from .eval_bench import FakeTACO, Truth, make_benchmark
+
+pytestmark = pytest.mark.store  # CI runs them again on PostgreSQL
+
+N = 32
+MAX_REPLIES = 2  # keeps the item that never calls Terminate to 3 steps
+TACO_MIRROR = Path(os.environ.get("TACO_MIRROR", "/work/.mirror/SalesforceAIResearch+TACO/repo"))
+TACO_COMMIT = "f1c277f049cabd61184fb4640378f20a1101f070"
 
 
 def asked(plan) -> str:
@@ -37,12 +45,6 @@ def asked(plan) -> str:
         return plan.question
     options = "".join(f"{letter}. {choice}\n" for letter, choice in zip("ABCDEFGHIJ", plan.choices))
     return f"Question: {plan.question}\nOptions:\n{options}Please select the correct answer from the options above. \n"
-from .eval_bench import FakeTACO, Truth, make_benchmark
-
-N = 32
-MAX_REPLIES = 2  # keeps the item that never calls Terminate to 3 steps
-TACO_MIRROR = Path(os.environ.get("TACO_MIRROR", "/work/.mirror/SalesforceAIResearch+TACO/repo"))
-TACO_COMMIT = "f1c277f049cabd61184fb4640378f20a1101f070"
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from taco_app.store.export import export
 
 from .conftest import of_kind, run_loop
 
+pytestmark = pytest.mark.store  # CI runs them again on PostgreSQL
+
 # TACO's direct-answer baseline, written out from its code (taco/prompt.py DirectAnswerPrompt, taco/data.py
 # format_query, and autogen's llava_agent._image_reply flattening the system message and one user message).
 TACO_DIRECT_GOAL = "You are a helpful assistant, and your goal is to answer the # USER REQUEST # based on the image(s).\n"

@@ -18,6 +18,8 @@ from taco_app.store import evals
 from taco_app.tools import default_tools
 from taco_app.tools.calculator import Calculate
 
+pytestmark = pytest.mark.store  # CI runs them again on PostgreSQL
+
 WAIT_S = 10  # a bound on waiting for the other thread, so a broken overlap fails instead of hanging
 
 
