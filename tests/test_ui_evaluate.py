@@ -129,6 +129,16 @@ def test_a_bad_form_is_refused_with_what_to_fix(studio, bench, fake, changes, sa
     assert said in caught.value.message
 
 
+def test_without_a_model_that_answers_any_question_the_page_says_how_to_get_one(studio, bench, monkeypatch):
+    """No local checkpoint and no server: the examples' replays answer only their own pictures, so none is offered."""
+    monkeypatch.delenv("TACO_OPENAI_BASE_URL", raising=False)
+    assert tab.eval_choices(studio) == [] and studio.choices()  # the Ask tab still has its examples
+    for model in (None, studio.choices()[0]):
+        with pytest.raises(gr.Error) as caught:
+            form(studio, bench, model=model)
+        assert caught.value.message == tab.NO_MODEL
+
+
 def test_no_limit_is_every_item(studio, bench, fake):
     assert form(studio, bench, limit=0).limit is None and form(studio, bench, limit=None).limit is None
     assert form(studio, bench, limit=3.0).limit == 3
