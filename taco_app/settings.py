@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # --- the web app
     auth: SecretStr | None = _setting(None, "`user:password`: the login the web app asks for", allowed="user:password",
                                       flag="--auth", shown="none")
+    benchmarks: Path | None = _setting(None, "the folder the web app's Evaluate tab reads benchmarks (and their"
+                                       " images) from; the command line reads any path", allowed="a folder",
+                                       shown="`$TACO_HOME/benchmarks`")
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -211,6 +214,10 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.home / "images"
+
+    @property
+    def benchmarks_dir(self) -> Path:
+        return (self.benchmarks or self.home / "benchmarks").expanduser()
 
     @property
     def cache_dir(self) -> Path:

@@ -7,6 +7,7 @@ TACO behind an OpenAI API (model ``taco-a``, and ``taco-b`` which differs from i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -32,7 +33,8 @@ OUT = tab.Outputs(*"progress latest skipped stop resume run_a run_b".split())  #
 
 
 @pytest.fixture
-def bench(tmp_path):
+def bench(tmp_path, monkeypatch):
+    monkeypatch.setenv("TACO_BENCHMARKS", str(tmp_path))  # the page reads benchmarks from there only
     return make_benchmark(tmp_path / "bench", n=N)
 
 
@@ -137,6 +139,25 @@ def test_without_a_model_that_answers_any_question_the_page_says_how_to_get_one(
         with pytest.raises(gr.Error) as caught:
             form(studio, bench, model=model)
         assert caught.value.message == tab.NO_MODEL
+
+
+def test_the_page_reads_no_file_outside_the_benchmarks_folder(studio, bench, fake, tmp_path, tmp_path_factory):
+    """A person who can log in cannot make the server read its other files: neither a benchmark elsewhere
+    (by an absolute path, a ``..`` or a link) nor an image elsewhere named by a benchmark inside."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    outside = make_benchmark(elsewhere / "bench", n=2)
+    (tmp_path / "link").symlink_to(elsewhere)
+    for path in (str(outside.data), "../" + os.path.relpath(outside.data, tmp_path.parent), "link/bench/data.jsonl"):
+        with pytest.raises(gr.Error, match="is not in the benchmarks folder"):
+            follow(studio, tab.EvalJobs(), form(studio, bench, data=path))
+    inside = tmp_path / "mine.jsonl"
+    row = json.loads(bench.data.read_text().splitlines()[0])
+    inside.write_text(json.dumps({**row, "images": [str(outside.data.parent / outside.plan("q00").images[0])]}) + "\n"
+                      + json.dumps({**row, "id": "ok", "images": ["bench/" + row["images"][0]]}) + "\n")
+    benchmark = tab.read_benchmark("mine.jsonl")  # relative: in the benchmarks folder
+    assert [item.id for item in benchmark.items] == ["ok"]
+    assert "is not in the benchmarks folder" in str(benchmark.problems[0])
+    assert fake.requests == []
 
 
 def test_no_limit_is_every_item(studio, bench, fake):

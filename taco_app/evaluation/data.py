@@ -131,15 +131,24 @@ class _Source:
     base: Path  # where relative image paths start
     rows: Iterator[tuple[int, dict | _Bad]]
     category_names: list[str] | None = None  # a ClassLabel's names, when the category is stored as its number
+    within: Path | None = None  # the folder every image file must lie in (the web app's benchmarks folder)
 
     @property
     def unit(self) -> str:  # how a row is named in messages
         return "line" if self.kind == "jsonl" else "row"
 
 
-def load_benchmark(path: str | Path) -> Benchmark:
-    """Every usable item of the benchmark at ``path``, and a problem for each row that is not."""
+def load_benchmark(path: str | Path, *, within: str | Path | None = None) -> Benchmark:
+    """Every usable item of the benchmark at ``path``, and a problem for each row that is not.
+
+    ``within``: a folder the benchmark and every image file it names must lie in, links resolved (the web
+    app's benchmarks folder: a person on the page cannot make the server read any other file).
+    """
     path = Path(path)
+    if within is not None:
+        within = Path(os.path.realpath(within))
+        if not _inside(path, within):
+            raise DataError(f"{path} is not in the benchmarks folder {within}: put the benchmark there")
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -161,7 +170,16 @@ def load_benchmark(path: str | Path) -> Benchmark:
         source = _jsonl(path)
     else:
         source = _parquet(path)
+    source.within = within
     return _collect(path, source)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, links resolved, lies in ``folder`` (already resolved)."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(folder)
+    except ValueError:  # a NUL in the path
+        return False
 
 
 # --- the three forms -------------------------------------------------------------------------------
@@ -485,6 +503,8 @@ def _image_file(written: str, index: int, source: _Source, files: dict[Path, str
     if not written.strip():
         raise _Bad(f"image {index} has an empty path")
     target = source.base / written  # an absolute path stays as it is
+    if source.within is not None and not _inside(target, source.within):
+        raise _Bad(f"image {shown} is not in the benchmarks folder {source.within}")
     if target not in files:
         files[target] = _file_digest(target, written, shown)
     found = files[target]

@@ -222,8 +222,8 @@ def check_request(studio: Studio, data: str | None, name: str | None, mode: str 
     """The form's values, or gr.Error saying what to fix (nothing has started)."""
     data, name = (data or "").strip(), (name or "").strip()
     if not data:
-        raise gr.Error("Give the path of a benchmark on this machine: a .jsonl file, a .parquet file or a folder"
-                       " written by datasets' save_to_disk.")
+        raise gr.Error(f"Give the path of a benchmark in {current().benchmarks_dir}: a .jsonl file, a .parquet file"
+                       " or a folder written by datasets' save_to_disk.")
     if not name:
         raise gr.Error("Give the run a name (e.g. taco-8b-mmvet): running the same name again goes on where it"
                        " stopped.")
@@ -266,8 +266,11 @@ def backend_spec(studio: Studio, label: str) -> str:
 
 
 def read_benchmark(path: str) -> Benchmark:
+    """The benchmark at ``path`` in the benchmarks folder (``TACO_BENCHMARKS``): the page reads no other file
+    of the server, so a person who can log in cannot make it read one. A relative path starts there."""
+    folder = current().benchmarks_dir
     try:
-        return load_benchmark(path)
+        return load_benchmark(folder / path, within=folder)  # an absolute path stays as it is, and is checked
     except DataError as err:
         raise gr.Error(str(err)) from None
 
@@ -418,8 +421,9 @@ def build(studio: Studio, app: gr.Blocks) -> EvalPage:
     gr.Markdown("Run a benchmark through a model, every item a stored session, scored as it finishes (the same"
                 " as `python app.py eval`). Running a name again goes on where it stopped.")
     with gr.Row():
-        data = gr.Textbox(label="Benchmark on this machine (the server's path)", scale=3, elem_id="eval-data",
-                          placeholder="/data/mmvet/data.jsonl — or a .parquet file, or a save_to_disk folder")
+        data = gr.Textbox(label=f"Benchmark in {current().benchmarks_dir} (TACO_BENCHMARKS)", scale=3,
+                          elem_id="eval-data",
+                          placeholder="mmvet/data.jsonl — or a .parquet file, or a save_to_disk folder")
         name = gr.Textbox(label="Run name", scale=2, placeholder="taco-8b-mmvet", elem_id="eval-name")
     with gr.Row():
         choices = eval_choices(studio)
