@@ -16,8 +16,8 @@ from PIL import Image
 from taco_app.store import queries
 
 from .conftest import ROOT
-from .ui_server import (HOSTILE_LABEL, HOSTILE_QUESTION, failing_record, hostile_example, running, sql_error,
-                        submit_when_waiting)
+from .ui_server import (HOSTILE_LABEL, HOSTILE_QUESTION, chat_text, failing_record, hostile_example, running,
+                        sql_error, submit_when_waiting)
 
 pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -39,15 +39,6 @@ def ask(client, images, question=QUESTION, model=FUEL_REPLAY, pause=False):
     job = client.submit([handle_file(str(p)) for p in images], question, model, pause, api_name="/ask")
     updates = [update for update in job]
     return updates, job.result()
-
-
-def chat_text(chat) -> str:
-    parts = []
-    for message in chat:
-        parts.append((message.get("metadata") or {}).get("title") or "")
-        content = message["content"]
-        parts += [c.get("text", "") for c in content] if isinstance(content, list) else [str(content)]
-    return "\n".join(parts)
 
 
 def test_an_example_runs_end_to_end_and_is_stored(server):

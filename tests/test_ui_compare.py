@@ -28,7 +28,7 @@ from gradio_client import Client  # noqa: E402
 from taco_app.ui import compare, forking  # noqa: E402
 from taco_app.ui.studio import MANUAL, Studio  # noqa: E402
 
-from .ui_server import running, submit_when_waiting  # noqa: E402
+from .ui_server import chat_text, running, submit_when_waiting  # noqa: E402
 
 FUEL = ROOT / "assets" / "examples" / "fuel_prices.png"
 FUEL_REPLAY = "Replay example: fuel_prices"
@@ -127,15 +127,6 @@ def test_a_fork_continues_the_example_of_its_own_question_else_the_person_writes
 def server(tmp_path_factory):
     with running(tmp_path_factory.mktemp("compare-home")) as (url, studio):
         yield url, studio
-
-
-def chat_text(chat) -> str:
-    parts = []
-    for message in chat or []:
-        parts.append((message.get("metadata") or {}).get("title") or "")
-        content = message["content"]
-        parts += [c.get("text", "") for c in content] if isinstance(content, list) else [str(content)]
-    return "\n".join(parts)
 
 
 def test_a_fork_streams_is_stored_with_its_lineage_and_opened(server):

@@ -153,3 +153,13 @@ def pixel_server() -> Iterator[tuple[str, list[str]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def chat_text(chat) -> str:
+    """A Chatbot's messages as plain text: each step's title, then its text parts."""
+    parts = []
+    for message in chat or []:
+        parts.append((message.get("metadata") or {}).get("title") or "")
+        content = message["content"]
+        parts += [c.get("text", "") for c in content] if isinstance(content, list) else [str(content)]
+    return "\n".join(parts)
