@@ -179,6 +179,7 @@ def _layout() -> ReviewPage:
         with gr.Column(scale=4):
             picture = gr.Image(label="The step's overlay", type="filepath", interactive=False, height=380,
                                elem_id="review-image")  # a file that never changes: see Scratch.picture
+            # box editor
             caption = gr.Markdown()
             feedback = gr.Markdown(elem_id="review-feedback")
             with gr.Row():
