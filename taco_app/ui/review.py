@@ -20,7 +20,7 @@ import gradio as gr
 from taco_app.cota.actions import Action
 from taco_app.store import codec, queries
 from taco_app.store.export.rebuild import keeps_observation
-from taco_app.ui import overlays, render
+from taco_app.ui import boxes, overlays, render
 from taco_app.ui.ask import ManualPanel, manual_panel
 from taco_app.ui.studio import Studio
 
@@ -146,6 +146,7 @@ def build_review(studio: Studio) -> ReviewPage:
     _wire_search(studio, page)
     _wire_steps(studio, page)
     _wire_feedback(studio, page)
+    boxes.wire(studio, page)
     return page
 
 
@@ -179,7 +180,7 @@ def _layout() -> ReviewPage:
         with gr.Column(scale=4):
             picture = gr.Image(label="The step's overlay", type="filepath", interactive=False, height=380,
                                elem_id="review-image")  # a file that never changes: see Scratch.picture
-            # box editor
+            boxes.build(picture)  # box editor: drag the step's box to fix it (taco_app.ui.boxes)
             caption = gr.Markdown()
             feedback = gr.Markdown(elem_id="review-feedback")
             with gr.Row():
