@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import gradio as gr
@@ -73,6 +73,8 @@ class AskPage:
     picture: gr.Image
     caption: gr.Markdown
     seen: gr.Gallery
+    # The events that fire once a run has ended (answered, failed or stopped): chain ``.then(...)`` on them.
+    ended: list[Any] = field(default_factory=list)
 
     def run_inputs(self) -> list[Any]:
         return [self.files, self.question, self.choice, self.pause]
@@ -159,10 +161,12 @@ def _wire_run(studio: Studio, registry: Registry, page: AskPage) -> None:
         yield from run_session(studio, registry, page, owner(request), paths, text, label, paused)
 
     # After a run, the status line again: a first run has loaded the model (device, memory).
-    page.run_button.click(ask, page.run_inputs(), page.run_outputs(), api_name="ask", concurrency_limit=None
-                          ).then(studio.status_line, None, page.status, api_name=False)
-    page.question.submit(ask, page.run_inputs(), page.run_outputs(), api_name=False, concurrency_limit=None
-                         ).then(studio.status_line, None, page.status, api_name=False)
+    page.ended = [
+        page.run_button.click(ask, page.run_inputs(), page.run_outputs(), api_name="ask", concurrency_limit=None
+                              ).then(studio.status_line, None, page.status, api_name=False),
+        page.question.submit(ask, page.run_inputs(), page.run_outputs(), api_name=False, concurrency_limit=None
+                             ).then(studio.status_line, None, page.status, api_name=False),
+    ]
 
     def stop(request: gr.Request):
         live = registry.get(owner(request))
