@@ -68,9 +68,10 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
         connection.execute(text("DROP TABLE preferences"))
         connection.execute(text("DROP TABLE eval_items"))
         connection.execute(text("DROP TABLE eval_runs"))
+        connection.execute(text("DROP TABLE review_claims"))
         connection.execute(text("DROP INDEX ix_sessions_parent_session_id"))
         for table, column in (("sessions", "parent_session_id"), ("sessions", "fork_step"), ("feedback", "blame"),
-                              ("sessions", "mode"), ("steps", "error_code")):
+                              ("sessions", "mode"), ("steps", "error_code"), ("feedback", "reviewer")):
             connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         connection.execute(text("INSERT INTO schema_info (id, version) VALUES (1, 1)"))
         connection.execute(text(
@@ -81,7 +82,7 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
             "('old', 1, 'raw', '{\"name\": \"OCR\", \"arguments\": {}}', '[]', '{}')"))
     engine.dispose()
     store = Store.open()
-    assert store.version() == SCHEMA_VERSION == 4
+    assert store.version() == SCHEMA_VERSION == 5
     row = store.get_session("old")
     assert row.mode == "cota" and row.steps[0].error_code is None
     assert row.question == "an old question" and row.steps[0].action_name == "OCR"
@@ -91,6 +92,9 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
     assert "preferences" in inspect(store.engine).get_table_names()
     assert "blame" in {c["name"] for c in inspect(store.engine).get_columns("feedback")}
     assert {"eval_runs", "eval_items"} <= set(inspect(store.engine).get_table_names())
+    assert "reviewer" in {c["name"] for c in inspect(store.engine).get_columns("feedback")}
+    assert {"session_id", "reviewer", "claimed_at", "expires_at"} <= {c["name"] for c in inspect(store.engine).get_columns("review_claims")}
+    assert inspect(store.engine).get_pk_constraint("review_claims")["constrained_columns"] == ["session_id"]
     store.close()
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from sqlalchemy import Engine, inspect, select, text, update
 
-from taco_app.store.schema import Base, EvalItemRow, EvalRunRow, PreferenceRow, StepRow
+from taco_app.store.schema import Base, EvalItemRow, EvalRunRow, PreferenceRow, ReviewClaimRow, StepRow
 
 
 def _m001_create(engine: Engine) -> None:
@@ -66,5 +66,15 @@ def _m004_evals(engine: Engine) -> None:
     EvalItemRow.__table__.create(engine, checkfirst=True)
 
 
+def _m005_review_queue(engine: Engine) -> None:
+    """feedback.reviewer (null for feedback given before names were kept) and the review_claims table."""
+    feedback = {c["name"] for c in inspect(engine).get_columns("feedback")}
+    with engine.begin() as connection:
+        if "reviewer" not in feedback:
+            connection.execute(text("ALTER TABLE feedback ADD COLUMN reviewer VARCHAR(64)"))
+    ReviewClaimRow.__table__.create(engine, checkfirst=True)
+
+
 # simonw/llm style: numbered, append-only; len(MIGRATIONS) is the schema version they lead to.
-MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name, _m003_forks_blame_preferences, _m004_evals]
+MIGRATIONS: list[Callable[[Engine], None]] = [_m001_create, _m002_action_name, _m003_forks_blame_preferences, _m004_evals,
+                                             _m005_review_queue]

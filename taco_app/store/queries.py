@@ -103,6 +103,7 @@ class Feedback:
     note: str | None
     created_at: float
     blame: str | None = None  # a step rated down: "model" or "tool" (None: not said, counted as the model's)
+    reviewer: str | None = None  # who gave it (None: not said, or given before names were kept)
 
 
 @dataclass
@@ -207,6 +208,9 @@ def _epoch(value: float | dt.date | dt.datetime, end_of_day: bool = False) -> fl
 
 
 def _conditions(flt: SessionFilter) -> list[ColumnElement[bool]]:
+    """The filter's conditions on a session row (its page and page size are not conditions)."""
+    if flt.text is not None and len(flt.text) > MAX_SEARCH_CHARS:
+        raise ValueError(f"the search text is {len(flt.text):,} characters long; the limit is {MAX_SEARCH_CHARS:,}")
     where: list[ColumnElement[bool]] = []
     if flt.text:
         # icontains escapes % and _ and renders lower() LIKE lower() on SQLite, ILIKE on PostgreSQL.
@@ -241,8 +245,6 @@ def list_sessions(store: Store, flt: SessionFilter | None = None) -> Page:
     page = max(1, int(flt.page))
     if page > MAX_PAGE:
         raise ValueError(f"page {page} is past the last possible page ({MAX_PAGE:,})")
-    if flt.text is not None and len(flt.text) > MAX_SEARCH_CHARS:
-        raise ValueError(f"the search text is {len(flt.text):,} characters long; the limit is {MAX_SEARCH_CHARS:,}")
     size = min(max(1, int(flt.page_size)), MAX_PAGE_SIZE)
     where = _conditions(flt)
     # Pick the page's ids first, then compute step counts and ratings for those rows only: with the
@@ -279,7 +281,8 @@ def get_trace(store: Store, session_id: str) -> Trace | None:
             steps=[_columns(step) for step in steps],
             images=[TraceImage(i.image_id, store.image_path(i), i.width, i.height, i.role, i.step, i.parent, i.bbox)
                     for i in images],
-            feedback=[Feedback(f.step, f.rating, f.corrected_answer, f.corrected_step, f.note, f.created_at, f.blame)
+            feedback=[Feedback(f.step, f.rating, f.corrected_answer, f.corrected_step, f.note, f.created_at, f.blame,
+                               f.reviewer)
                       for f in feedback],
         )
     latest = LatestFeedback.fold(trace.feedback)
@@ -330,15 +333,22 @@ def _check(db: DbSession, session_id: str, step: int | None) -> None:
         raise ValueError(f"no session {session_id!r} step {step}: {steps}")
 
 
-def _add(store: Store, session_id: str, step: int | None, **values: Any) -> None:
+def _add(store: Store, session_id: str, step: int | None, reviewer: str | None, **values: Any) -> None:
+    if reviewer is not None:
+        from taco_app.store.review_queue import check_reviewer  # it reads this module's filters
+
+        reviewer = check_reviewer(reviewer)
     with store.writing() as db:
         _check(db, session_id, step)
-        db.add(FeedbackRow(session_id=session_id, step=step, created_at=time.time(), **values))
+        db.add(FeedbackRow(session_id=session_id, step=step, created_at=time.time(), reviewer=reviewer, **values))
 
 
 def rate(store: Store, session_id: str, rating: str, step: int | None = None, blame: str | None = None,
-         note: str | None = None) -> None:
+         note: str | None = None, *, reviewer: str | None = None) -> None:
     """Thumbs up or down on a session (step None) or on one of its steps, with an optional note.
+
+    Every kind of feedback may name its ``reviewer`` (checked by
+    :func:`taco_app.store.review_queue.check_reviewer`, stored stripped); None: not said.
 
     A step rated down may say whom it blames: "model" (it misused a correct observation) or "tool" (the
     observation was wrong). Without a blame it stays None, and exports count the bad step as the model's.
@@ -352,12 +362,12 @@ def rate(store: Store, session_id: str, rating: str, step: int | None = None, bl
             raise ValueError("only a step can be blamed, not a whole session: say which step was bad")
         if rating != "down":
             raise ValueError(f"only a step rated down can be blamed, not one rated {rating!r}")
-    _add(store, session_id, step, rating=rating, blame=blame, note=note or None)
+    _add(store, session_id, step, reviewer, rating=rating, blame=blame, note=note or None)
 
 
-def correct_answer(store: Store, session_id: str, answer: str) -> None:
+def correct_answer(store: Store, session_id: str, answer: str, *, reviewer: str | None = None) -> None:
     """Record what the session's answer should have been."""
-    _add(store, session_id, None, corrected_answer=str(answer))
+    _add(store, session_id, None, reviewer, corrected_answer=str(answer))
 
 
 def validate_step(text_or_obj: str | dict[str, Any]) -> dict[str, Any]:
@@ -371,16 +381,17 @@ def validate_step(text_or_obj: str | dict[str, Any]) -> dict[str, Any]:
     return {"thought": parsed.thought, "actions": [parsed.action.as_dict()] if parsed.action else []}
 
 
-def correct_step(store: Store, session_id: str, step: int, text_or_obj: str | dict[str, Any]) -> dict[str, Any]:
+def correct_step(store: Store, session_id: str, step: int, text_or_obj: str | dict[str, Any], *,
+                 reviewer: str | None = None) -> dict[str, Any]:
     """Record what a step should have been; it must be valid CoTA JSON with a known action."""
     corrected = validate_step(text_or_obj)
-    _add(store, session_id, step, corrected_step=corrected)
+    _add(store, session_id, step, reviewer, corrected_step=corrected)
     return corrected
 
 
-def add_note(store: Store, session_id: str, note: str, step: int | None = None) -> None:
+def add_note(store: Store, session_id: str, note: str, step: int | None = None, *, reviewer: str | None = None) -> None:
     """A free-text note on a session or one of its steps."""
-    _add(store, session_id, step, note=note)
+    _add(store, session_id, step, reviewer, note=note)
 
 
 # --- preferences and forks ----------------------------------------------------------------------

@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 4  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast; 3: forks, blame, preferences;
-# 4: eval runs, sessions.mode (cota | direct), steps.error_code
+SCHEMA_VERSION = 5  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast; 3: forks, blame, preferences;
+# 4: eval runs, sessions.mode (cota | direct), steps.error_code; 5: feedback.reviewer, review claims
+REVIEWER_CHARS = 64  # the longest reviewer name
 STATUSES = ("running", "finished", "failed", "cancelled", "interrupted", "max_steps")
 BLAMES = ("model", "tool")  # who a bad step is blamed on
 MODES = ("cota", "direct")  # how a session was prompted: TACO's chain of thought-and-action, or its direct-answer baseline
@@ -172,6 +173,19 @@ class FeedbackRow(Base):
     # A bad step's cause: "model" (it misused a correct observation) or "tool" (the observation was
     # wrong: OCR misread, a wrong box). Only model-blamed steps count against the model in exports.
     blame: Mapped[str | None] = mapped_column(String(8))
+    # Who gave it (see :func:`taco_app.store.review_queue.check_reviewer`); null: given before names were kept.
+    reviewer: Mapped[str | None] = mapped_column(String(REVIEWER_CHARS))
+
+
+class ReviewClaimRow(Base):
+    """A reviewer's hold on the session "Next to review" gave them: until ``expires_at`` no other reviewer
+    is given it (see :mod:`taco_app.store.review_queue`). A reviewer holds one claim; the next replaces it."""
+
+    __tablename__ = "review_claims"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    reviewer: Mapped[str] = mapped_column(String(REVIEWER_CHARS), index=True)
+    claimed_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 class PreferenceRow(Base):
