@@ -52,7 +52,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Ask", id="ask"):
                 asking = ask.build(studio, registry)
-            with gr.Tab("Review", id="review", elem_id="tab-review"):
+            with gr.Tab("Review", id="review", elem_id="tab-review") as review_tab:
                 reviewing = review.build_review(studio)
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
                 comparing = compare.build(studio)
@@ -73,7 +73,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                 app.load(doctor_settings, None, settings)
 
         # Forks run with the Ask tab's model and stream into Review; Review opens Compare and back.
-        forking.wire(studio, registry, reviewing, asking.choice)
+        forks = forking.wire(studio, registry, reviewing, asking.choice)
+        # The Review list loads with the page and the tab, and again when a run or a fork has ended.
+        review.wire_page(studio, reviewing, app, review_tab, asking.ended, forks)
         compare.wire_review(studio, tabs, reviewing, comparing)
         evaluate.wire_compare(studio, tabs, evaluating, comparing)  # a flipped item opens in Compare
 
@@ -121,6 +123,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False,
         studio.scratch = scratch
         app = build_app(studio)
         from taco_app.ui.compare import CSS as COMPARE_CSS  # after build_app: Gradio is imported by now
+        from taco_app.ui.keyboard import CSS as KEYS_CSS, SCRIPT as KEYS_SCRIPT  # the Review tab's keys
 
         app.queue(default_concurrency_limit=None)
         if block:
@@ -128,7 +131,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False,
         # show_error=False: an exception's own text (SQL, a model's words) never reaches the page (errors.py).
         app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
                    allowed_paths=[str(studio.store.images_root), str(scratch.overlays.root)], show_error=False,
-                   quiet=True, css=CSS + COMPARE_CSS, footer_links=[], max_file_size=MAX_UPLOAD, ssr_mode=False,
+                   quiet=True, css=CSS + COMPARE_CSS + KEYS_CSS, js=KEYS_SCRIPT, footer_links=[],
+                   max_file_size=MAX_UPLOAD, ssr_mode=False,
                    app_kwargs={"lifespan": scratch.lifespan, "middleware": [_login_for_cancel()]})
     except BaseException:
         scratch.remove()

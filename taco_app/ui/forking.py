@@ -34,8 +34,9 @@ from taco_app.ui.review import ReviewPage, show_session, step_json
 from taco_app.ui.studio import LOCAL, MANUAL, OPENAI, Studio
 
 
-def wire(studio: Studio, registry: Registry, page: ReviewPage, model: gr.Dropdown) -> None:
-    """Fork, Run again, Stop and the manual panel of the Review tab; ``model``: the Ask tab's choice."""
+def wire(studio: Studio, registry: Registry, page: ReviewPage, model: gr.Dropdown) -> list[Any]:
+    """Fork, Run again, Stop and the manual panel of the Review tab; ``model``: the Ask tab's choice.
+    Returns the Fork and Run again events, to chain what follows a fork's end on."""
     outputs = [*page.opened(), page.fork_info, page.manual.box]
 
     def fork_session(identifier, upto, text, label, request: gr.Request):
@@ -45,10 +46,10 @@ def wire(studio: Studio, registry: Registry, page: ReviewPage, model: gr.Dropdow
         yield from run_fork(studio, registry, page, owner(request), identifier, 1, None, label)
 
     # No progress overlays: the chat streams, and the line under the buttons says what runs.
-    page.fork.click(fork_session, [page.session_id, page.slider, page.step_text, model], outputs,
-                    api_name="fork_session", concurrency_limit=None, show_progress="hidden")
-    page.run_again.click(run_again, [page.session_id, model], outputs, api_name="run_again", concurrency_limit=None,
-                         show_progress="hidden")
+    forks = [page.fork.click(fork_session, [page.session_id, page.slider, page.step_text, model], outputs,
+                             api_name="fork_session", concurrency_limit=None, show_progress="hidden"),
+             page.run_again.click(run_again, [page.session_id, model], outputs, api_name="run_again",
+                                  concurrency_limit=None, show_progress="hidden")]
 
     def stop(request: gr.Request):
         live = registry.get(owner(request))
@@ -57,6 +58,7 @@ def wire(studio: Studio, registry: Registry, page: ReviewPage, model: gr.Dropdow
 
     page.fork_stop.click(stop, None, None, api_name=False, concurrency_limit=None)
     wire_manual(registry, page.manual, api_name=False)
+    return forks
 
 
 def edited_step(text: str | None, stored_text: str, step: int) -> tuple[str | None, Any]:

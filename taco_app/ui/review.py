@@ -6,6 +6,13 @@ step says whose fault it was (the model's, or the tool's observation). The sessi
 forks are listed, each opened with a click. Forking from a step is :mod:`taco_app.ui.forking`;
 comparing two sessions side by side, :mod:`taco_app.ui.compare`. The good sessions leave through the
 Export tab (:mod:`taco_app.ui.export_tab`).
+
+Reviewing many sessions: "Next to review" opens the oldest session the filters match that nobody has
+rated, and holds it for this reviewer for a while (:mod:`taco_app.store.review_queue`), so that people
+reviewing from one store never get the same session at once; "k of n reviewed" counts the sessions
+those filters match that have a session rating. Every judgment records who gave it: the login with
+``--auth``, else the name typed in "Your name" (kept in the browser). The keys of
+:mod:`taco_app.ui.keyboard` press the same buttons.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from taco_app.store import codec, queries
 from taco_app.store.export.rebuild import keeps_observation
 from taco_app.ui import boxes, overlays, render
 from taco_app.ui.ask import ManualPanel, manual_panel
+from taco_app.ui.controls import collapse_all
+from taco_app.ui.keyboard import keys_html
 from taco_app.ui.studio import Studio
 
 COLUMNS = ["id", "when", "question", "answer", "status", "steps", "rating", "model"]
@@ -48,12 +57,19 @@ def _search_text(label: str, text: str | None) -> str | None:
     return text or None
 
 
+def _filter(text: str | None, status: str | None, rating: str | None, tool: str | None, eval_run: str | None,
+            page: Any = 1) -> queries.SessionFilter:
+    """The Review filters as the store takes them, or gr.Error when one is out of bounds."""
+    return queries.SessionFilter(text=_search_text("search text", text),
+                                 status=None if status in (None, "any") else status,
+                                 rating=None if rating in (None, "any") else rating, tool=_search_text("tool name", tool),
+                                 eval_run=_search_text("eval run", (eval_run or "").strip()),
+                                 page=_search_page(page), page_size=20)
+
+
 def _table(studio: Studio, text: str, status: str, rating: str, tool: str, page: int,
            eval_run: str | None = None) -> tuple[list[list[Any]], str]:
-    flt = queries.SessionFilter(text=_search_text("search text", text), status=None if status == "any" else status,
-                                rating=None if rating == "any" else rating, tool=_search_text("tool name", tool),
-                                eval_run=_search_text("eval run", (eval_run or "").strip()),
-                                page=_search_page(page), page_size=20)
+    flt = _filter(text, status, rating, tool, eval_run, page)
     try:
         result = queries.list_sessions(studio.store, flt)
     except ValueError as err:  # a filter the store refuses (in words, e.g. an unknown rating)
@@ -66,6 +82,57 @@ def _table(studio: Studio, text: str, status: str, rating: str, tool: str, page:
 
 STEP_VERDICTS = {("up", None): "good", ("down", None): "bad", ("down", "model"): "bad: the model's",
                  ("down", "tool"): "bad: the tool's"}
+SESSION_VERDICTS = {"up": "good", "down": "bad"}
+NO_NAME = ("Type your name first, in \u201cYour name\u201d above the table: each judgment records who gave it.")
+
+
+def _reviewer(name: str | None, request: Any, *, optional: bool = False) -> str | None:
+    """Who gives a judgment: the login with --auth, else the name typed in the page; gr.Error when there is
+    none. ``optional``: an API call that leaves the name out (as calls did before names were kept) gives None."""
+    from taco_app.store import review_queue
+
+    login = getattr(request, "username", None) if request is not None else None
+    if login:
+        name = login
+    elif name is None and optional:
+        return None
+    elif not (name or "").strip():
+        raise gr.Error(NO_NAME)
+    try:
+        return review_queue.check_reviewer(name)
+    except ValueError as err:
+        raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
+
+
+def _progress(studio: Studio, flt: queries.SessionFilter) -> str:
+    """"k of n reviewed": of the sessions ``flt`` matches, how many have a session rating."""
+    from taco_app.store import review_queue
+
+    try:
+        done = review_queue.progress(studio.store, flt)
+    except ValueError as err:
+        raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
+    return f"**{done.reviewed} of {done.total} reviewed** (the sessions these filters match)"
+
+
+def _marks(page: ReviewPage, trace: queries.Trace | None, step: int | None) -> dict[Any, Any]:
+    """The session's and the shown step's ratings as they stand: the chosen button highlighted, and in words."""
+    session = trace.rating if trace is not None else None
+    rating = trace.step_ratings.get(step) if trace is not None and step is not None else None
+    blame = trace.step_blame.get(step) if rating is not None else None
+    chosen = {page.up: session == "up", page.down: session == "down", page.step_good: rating == "up",
+              page.step_model: rating == "down" and blame != "tool", page.step_tool: rating == "down" and blame == "tool"}
+    updates: dict[Any, Any] = {button: gr.update(variant="primary" if on else "secondary") for button, on in chosen.items()}
+    if trace is None:
+        updates[page.session_rated], updates[page.step_rated] = "", ""
+        return updates
+    answer = trace.session.get("answer")
+    shown = render.escape_text(render.answer_text(answer)[:300]) if answer is not None else "none (it did not finish)"
+    said = f"Rated: {SESSION_VERDICTS.get(session, session)}" if session else "not rated yet"
+    updates[page.session_rated] = f"**Answer:** {shown}\n\nThe session: **{said}**"
+    said = f"Rated: {STEP_VERDICTS.get((rating, blame), rating)}" if rating else "not rated yet"
+    updates[page.step_rated] = f"Step {step}: **{said}**"
+    return updates
 
 
 def _feedback_text(trace: queries.Trace) -> str:
@@ -126,17 +193,39 @@ class ReviewPage:
     compare: gr.Button
     note: gr.Textbox
     save_note: gr.Button
+    reviewer: gr.Textbox  # "Your name": who gives the judgments (the login instead, with --auth)
+    remembered: Any  # gr.BrowserState: the name, kept in this browser between visits
+    history: gr.State  # the sessions "Next to review" opened in this page, in order
+    next_session: gr.Button  # "Next to review"
+    back: gr.Button  # the session opened before this one
+    progress: gr.Markdown  # "k of n reviewed"
+    session_rated: gr.Markdown  # the answer, and the session's rating in words
+    step_rated: gr.Markdown  # the shown step's rating in words
+    keys: gr.HTML  # the keyboard shortcuts, shown by "?"
+    collapse: gr.Button  # folds or unfolds every thought of the chat
 
     def filters(self) -> list[Any]:
         return [self.search, self.status, self.rating, self.tool, self.page, self.eval_run]
 
+    def queue_filters(self) -> list[Any]:
+        """The filters the review queue and its progress use (all but the page)."""
+        return [self.search, self.status, self.rating, self.tool, self.eval_run]
+
+    def marks(self) -> list[Any]:
+        """The ratings as they stand: the buttons (highlighted when chosen), then the same in words."""
+        return [self.up, self.down, self.step_good, self.step_model, self.step_tool, self.session_rated,
+                self.step_rated]
+
     def shown(self) -> list[Any]:
-        """What showing a stored step updates, in the order its API (show_stored_step) returns them."""
-        return [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text, self.fork]
+        """What showing a stored step updates, in the order its API (show_stored_step) returns them
+        (buttons are not part of an API's values)."""
+        return [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text, self.fork,
+                *self.marks()]
 
     def opened(self) -> list[Any]:
         """What opening a session updates, in the order its API (open_session) returns them."""
-        return [self.session_id, *self.shown(), self.lineage, self.family, self.compare_with]
+        core = [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text, self.fork]
+        return [self.session_id, *core, self.lineage, self.family, self.compare_with, *self.marks()]
 
 
 def build_review(studio: Studio) -> ReviewPage:
@@ -146,6 +235,7 @@ def build_review(studio: Studio) -> ReviewPage:
     _wire_search(studio, page)
     _wire_steps(studio, page)
     _wire_feedback(studio, page)
+    _wire_queue(studio, page)
     boxes.wire(studio, page)
     return page
 
@@ -159,6 +249,17 @@ def _layout() -> ReviewPage:
         eval_run = gr.Textbox(label="Eval run", placeholder="a run's name", scale=1, elem_id="review-eval-run")
         page = gr.Number(value=1, precision=0, minimum=1, label="Page", scale=1)
         refresh = gr.Button("Search", scale=1, elem_id="review-refresh")
+    with gr.Row(equal_height=True):
+        reviewer = gr.Textbox(None, label="Your name", placeholder="saved with each rating", scale=1, max_length=64,
+                              elem_id="review-name")
+        back = gr.Button("\u25c0 Previous session", scale=1, elem_id="review-back")
+        next_session = gr.Button("Next to review \u25b6", variant="primary", scale=1, elem_id="review-next")
+        progress = gr.Markdown(elem_id="review-progress")
+    gr.Markdown("Keys on this tab (outside text boxes): **J** next to review, **j**/**k** step, **+**/**-** rate the"
+                " step, **Shift +**/**Shift -** rate the answer, **?** all keys.", elem_id="review-keys-hint")
+    keys = gr.HTML(keys_html(), elem_id="review-keys")
+    remembered = gr.BrowserState("", storage_key="taco-studio-reviewer")
+    history = gr.State([])
     total = gr.Markdown()
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="review-table", max_height=320)
     session_id = gr.Textbox(label="Session", interactive=False, elem_id="review-session")
@@ -173,25 +274,30 @@ def _layout() -> ReviewPage:
         with gr.Column(scale=5):
             slider = gr.Slider(1, 11, step=1, value=1, label="Show steps up to", elem_id="review-slider")
             with gr.Row():
-                previous = gr.Button("◀ Previous step")
-                following = gr.Button("Next step ▶")
+                previous = gr.Button("◀ Previous step", elem_id="review-previous-step")
+                following = gr.Button("Next step ▶", elem_id="review-next-step")
+            # Made first, drawn below its "Collapse all" button.
             chat = gr.Chatbot(label="The session", height=520, elem_id="review-chat", group_consecutive_messages=False,
-                              latex_delimiters=[])  # no LaTeX: "$$" in a tool's output is text (render.py)
+                              latex_delimiters=[], render=False)  # no LaTeX: "$$" in a tool's output is text (render.py)
+            collapse = collapse_all(chat)
+            chat.render()
         with gr.Column(scale=4):
             picture = gr.Image(label="The step's overlay", type="filepath", interactive=False, height=380,
                                elem_id="review-image")  # a file that never changes: see Scratch.picture
             boxes.build(picture)  # box editor: drag the step's box to fix it (taco_app.ui.boxes)
             caption = gr.Markdown()
             feedback = gr.Markdown(elem_id="review-feedback")
+            session_rated = gr.Markdown(elem_id="review-session-rated")
             with gr.Row():
-                up = gr.Button("▲ Session", elem_id="rate-up")
-                down = gr.Button("▼ Session", elem_id="rate-down")
+                up = gr.Button("Good answer", elem_id="rate-up")
+                down = gr.Button("Bad answer", elem_id="rate-down")
+            step_rated = gr.Markdown(elem_id="review-step-rated")
             with gr.Row():
                 step_good = gr.Button("Good step", elem_id="rate-step-up")
-                step_model = gr.Button("Bad step: model", elem_id="rate-step-model")
-                step_tool = gr.Button("Bad step: tool", elem_id="rate-step-tool")
-            gr.Markdown("*Bad step: model* — the model misused a correct observation. *Bad step: tool* — the"
-                        " tool's observation was wrong (an OCR misread, a wrong box).")
+                step_model = gr.Button("Bad step", elem_id="rate-step-model")
+                step_tool = gr.Button("Tool wrong", elem_id="rate-step-tool")
+            gr.Markdown("*Bad step*: the model misused a correct observation. *Tool wrong*: the tool's observation"
+                        " was wrong (an OCR misread, a wrong box).")
             answer = gr.Textbox(label="Correct the answer", lines=1)
             save_answer = gr.Button("Save answer")
             step_text = gr.Code(label="The shown step (CoTA JSON): correct it, or edit it and fork", language="json",
@@ -200,7 +306,8 @@ def _layout() -> ReviewPage:
                 save_step = gr.Button("Save step", min_width=80)
                 fork = gr.Button("Fork from step 1", variant="primary", min_width=80, elem_id="review-fork")
                 run_again = gr.Button("Run again", min_width=80, elem_id="review-run-again")
-                fork_stop = gr.Button("Stop", variant="stop", min_width=60, elem_id="review-fork-stop")
+                fork_stop = gr.Button("Stop", variant="stop", min_width=60, elem_id="review-fork-stop",
+                                      interactive=False)  # while a fork runs: see fork_started
             fork_info = gr.Markdown("A fork keeps the steps before the shown one, runs the edited step with the real"
                                     " tools, and lets the Ask tab's model write the rest.", elem_id="review-fork-info")
             manual = manual_panel("review-")
@@ -212,15 +319,23 @@ def _layout() -> ReviewPage:
                       feedback=feedback, up=up, down=down, step_good=step_good, step_model=step_model,
                       step_tool=step_tool, answer=answer, save_answer=save_answer, step_text=step_text,
                       save_step=save_step, fork=fork, run_again=run_again, fork_stop=fork_stop, fork_info=fork_info,
-                      manual=manual, compare_with=compare_with, compare=compare, note=note, save_note=save_note)
+                      manual=manual, compare_with=compare_with, compare=compare, note=note, save_note=save_note,
+                      reviewer=reviewer, remembered=remembered, history=history, next_session=next_session,
+                      back=back, progress=progress, session_rated=session_rated, step_rated=step_rated, keys=keys,
+                      collapse=collapse)
 
 
 def _wire_search(studio: Studio, page: ReviewPage) -> None:
     def search_sessions(text, status, rating, tool, number, eval_run=""):
         return _table(studio, text, status, rating, tool, number, eval_run)
 
-    page.refresh.click(search_sessions, page.filters(), [page.table, page.total], api_name="search_sessions")
-    page.search.submit(search_sessions, page.filters(), [page.table, page.total], api_name=False)
+    def progress(text, status, rating, tool, eval_run):
+        return _progress(studio, _filter(text, status, rating, tool, eval_run))
+
+    for searched in (page.refresh.click(search_sessions, page.filters(), [page.table, page.total],
+                                        api_name="search_sessions"),
+                     page.search.submit(search_sessions, page.filters(), [page.table, page.total], api_name=False)):
+        searched.success(progress, page.queue_filters(), page.progress, api_name=False, show_progress="hidden")
 
 
 def _wire_steps(studio: Studio, page: ReviewPage) -> None:
@@ -256,12 +371,14 @@ def _picked(event: Any, rows: Any, column: int) -> str:
     return rows.iloc[row, column] if hasattr(rows, "iloc") else rows[row][column]
 
 
-def show_session(studio: Studio, page: ReviewPage, identifier: str | None) -> dict[Any, Any]:
-    """The page with session ``identifier`` open at its last step: its steps, lineage and comparisons."""
+def show_session(studio: Studio, page: ReviewPage, identifier: str | None, upto: Any = None) -> dict[Any, Any]:
+    """The page with session ``identifier`` open at step ``upto`` (default: its last): its steps, lineage
+    and comparisons."""
     identifier = (identifier or "").strip()
-    if identifier and queries.get_trace(studio.store, identifier) is None:
+    trace = queries.get_trace(studio.store, identifier) if identifier else None
+    if identifier and trace is None:
         raise gr.Error(f"There is no session {identifier!r} in the store.")
-    updates = _show_stored(studio, page, identifier or None, None)
+    updates = _show_stored(studio, page, identifier or None, upto, trace)
     words, rows, choices = _lineage(studio, identifier) if identifier else ("", [], [])
     updates.update({page.session_id: identifier, page.lineage: words,
                     page.family: gr.update(value=rows, visible=bool(rows)),
@@ -294,13 +411,16 @@ def _family_row(summary: queries.SessionSummary) -> list[Any]:
     return [summary.id, answer, summary.status, summary.steps, summary.rating or ""]
 
 
-def _show_stored(studio: Studio, page: ReviewPage, identifier: str | None, upto: Any) -> dict[Any, Any]:
-    """The page showing a stored session up to step ``upto`` (default: its last), by component."""
-    trace = queries.get_trace(studio.store, identifier) if identifier else None
+def _show_stored(studio: Studio, page: ReviewPage, identifier: str | None, upto: Any,
+                 trace: queries.Trace | None = None) -> dict[Any, Any]:
+    """The page showing a stored session up to step ``upto`` (default: its last), by component;
+    ``trace``: the session, when the caller has just read it."""
+    if trace is None and identifier:
+        trace = queries.get_trace(studio.store, identifier)
     if trace is None:
         return {page.chat: [], page.slider: gr.update(), page.picture: None,
                 page.caption: "Pick a session in the table.", page.feedback: "", page.step_text: "",
-                page.fork: gr.update()}
+                page.fork: gr.update(), **_marks(page, None, None)}
     events = codec.trace_events(trace)
     steps = [n for _label, n in render.step_choices(events)] or [1]
     last = steps[-1]
@@ -314,7 +434,8 @@ def _show_stored(studio: Studio, page: ReviewPage, identifier: str | None, upto:
             page.caption: render.escape_text(text),
             page.feedback: _feedback_text(trace),
             page.step_text: step_json(trace, upto, trace.corrected_steps.get(upto)),
-            page.fork: gr.update(value=f"Fork from step {upto}")}
+            page.fork: gr.update(value=f"Fork from step {upto}"),
+            **_marks(page, trace, upto)}
 
 
 def _step_picture(events: list[Any], upto: int) -> tuple[Any, str]:
@@ -333,50 +454,151 @@ def _wire_feedback(studio: Studio, page: ReviewPage) -> None:
     """Ratings, corrections and notes: each saved at once, then the feedback summary shown again."""
     at = [page.session_id, page.slider]
 
-    def rate(identifier, upto, value, on_step, blame=None):
-        _need(identifier)
-        step = int(upto) if on_step else None
+    def rater(value: str, on_step: bool, blame: str | None = None) -> Any:
+        # ``name`` last and optional: API calls that leave it out keep working (see _reviewer).
+        def rate(identifier, upto, name=None, request: gr.Request = None):
+            _need(identifier)
+            reviewer = _reviewer(name, request, optional=True)
+            step = int(upto) if on_step else None
+            try:
+                queries.rate(studio.store, identifier, value, step=step, blame=blame, reviewer=reviewer)
+            except ValueError as err:  # e.g. the session was deleted meanwhile
+                raise gr.Error(f"Not saved: {err}.")
+            if step is None:
+                return _saved(studio, identifier, f"Rated the session {SESSION_VERDICTS[value]}.")
+            return _saved(studio, identifier, f"Step {step} saved as {STEP_VERDICTS[value, blame]}.")
+
+        return rate
+
+    def marks(identifier, upto, *filters):
+        """After a rating: the ratings as they now stand, and the progress."""
+        trace = queries.get_trace(studio.store, identifier) if identifier else None
+        updates = _marks(page, trace, int(upto or 1) if trace is not None else None)
         try:
-            queries.rate(studio.store, identifier, value, step=step, blame=blame)
-        except ValueError as err:  # e.g. the session was deleted meanwhile
-            raise gr.Error(f"Not saved: {err}.")
-        if step is None:
-            return _saved(studio, identifier, f"Rated the session {value}.")
-        return _saved(studio, identifier, f"Step {step} saved as {STEP_VERDICTS[value, blame]}.")
+            updates[page.progress] = _progress(studio, _filter(*filters))
+        except gr.Error:  # filters the store refuses: the search says so when it is pressed
+            pass
+        return updates
 
-    page.up.click(lambda s, k: rate(s, k, "up", False), at, page.feedback, api_name="rate_up")
-    page.down.click(lambda s, k: rate(s, k, "down", False), at, page.feedback, api_name="rate_down")
-    page.step_good.click(lambda s, k: rate(s, k, "up", True), at, page.feedback, api_name="good_step")
-    page.step_model.click(lambda s, k: rate(s, k, "down", True, "model"), at, page.feedback, api_name="bad_step_model")
-    page.step_tool.click(lambda s, k: rate(s, k, "down", True, "tool"), at, page.feedback, api_name="bad_step_tool")
+    judged = [*at, page.reviewer]
+    for button, (value, on_step, blame), api in (
+            (page.up, ("up", False, None), "rate_up"), (page.down, ("down", False, None), "rate_down"),
+            (page.step_good, ("up", True, None), "good_step"), (page.step_model, ("down", True, "model"), "bad_step_model"),
+            (page.step_tool, ("down", True, "tool"), "bad_step_tool")):
+        button.click(rater(value, on_step, blame), judged, page.feedback, api_name=api).success(
+            marks, [*at, *page.queue_filters()], [*page.marks(), page.progress], api_name=False, show_progress="hidden")
 
-    def fix_answer(identifier, upto, text):
+    def fix_answer(identifier, upto, text, name=None, request: gr.Request = None):
         _need(identifier)
         if not (text or "").strip():
             raise gr.Error("Type the answer the session should have given.")
-        queries.correct_answer(studio.store, identifier, text.strip())
+        queries.correct_answer(studio.store, identifier, text.strip(), reviewer=_reviewer(name, request, optional=True))
         return _saved(studio, identifier, "Corrected answer saved.")
 
-    page.save_answer.click(fix_answer, [*at, page.answer], page.feedback)
+    page.save_answer.click(fix_answer, [*at, page.answer, page.reviewer], page.feedback)
 
-    def fix_step(identifier, upto, text):
+    def fix_step(identifier, upto, text, name=None, request: gr.Request = None):
         _need(identifier)
+        reviewer = _reviewer(name, request, optional=True)
         try:
-            corrected = queries.correct_step(studio.store, identifier, int(upto), text or "")
+            corrected = queries.correct_step(studio.store, identifier, int(upto), text or "", reviewer=reviewer)
         except ValueError as err:
             raise gr.Error(f"Step {int(upto)} was not saved: {err}")
         return _saved(studio, identifier, f"Corrected step {int(upto)} saved." + _stale_warning(studio, identifier, int(upto), corrected))
 
-    page.save_step.click(fix_step, [*at, page.step_text], page.feedback)
+    page.save_step.click(fix_step, [*at, page.step_text, page.reviewer], page.feedback)
 
-    def keep_note(identifier, upto, text):
+    def keep_note(identifier, upto, text, name=None, request: gr.Request = None):
         _need(identifier)
         if not (text or "").strip():
             raise gr.Error("The note is empty.")
-        queries.add_note(studio.store, identifier, text.strip())
+        queries.add_note(studio.store, identifier, text.strip(), reviewer=_reviewer(name, request, optional=True))
         return _saved(studio, identifier, "Note saved.")
 
-    page.save_note.click(keep_note, [*at, page.note], page.feedback)
+    page.save_note.click(keep_note, [*at, page.note, page.reviewer], page.feedback)
+
+
+def _wire_queue(studio: Studio, page: ReviewPage) -> None:
+    """Next to review (the queue, shared by every reviewer of the store), back to the session before,
+    and the name kept in the browser."""
+    outputs = [*page.opened(), page.progress, page.history]
+
+    def next_to_review(name, text=None, status="any", rating="any", tool=None, eval_run=None, history=None,
+                       request: gr.Request = None):
+        from taco_app.store import review_queue
+
+        reviewer = _reviewer(name, request)
+        flt = _filter(text, status, rating, tool, eval_run)
+        history = list(history or [])
+        try:
+            found = review_queue.next_to_review(studio.store, flt, reviewer, skip=history)
+        except ValueError as err:
+            raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
+        progress = _progress(studio, flt)
+        if found is None:
+            gr.Info("Nothing left to review here: every session these filters match is rated, skipped in this page,"
+                    " or open with another reviewer.")
+            return {**show_session(studio, page, None), page.progress: progress, page.history: history}
+        history.append(found.id)
+        # Opened at step 1: a session is read from its start, step by step.
+        return {**show_session(studio, page, found.id, upto=1), page.progress: progress, page.history: history}
+
+    page.next_session.click(next_to_review, [page.reviewer, *page.queue_filters(), page.history], outputs,
+                            api_name="next_to_review", show_progress="hidden")
+
+    def previous_session(identifier, history, text, status, rating, tool, eval_run):
+        history = list(history or [])
+        here = history.index(identifier) if identifier in history else len(history)
+        if here == 0:
+            raise gr.Error("There is no session before this one: Next to review opens the sessions this page goes"
+                           " back to.")
+        return {**show_session(studio, page, history[here - 1], upto=1),
+                page.progress: _progress(studio, _filter(text, status, rating, tool, eval_run))}
+
+    page.back.click(previous_session, [page.session_id, page.history, *page.queue_filters()],
+                    [*page.opened(), page.progress], api_name=False, show_progress="hidden")
+
+    def remember(name):
+        return (name or "").strip()
+
+    page.reviewer.blur(remember, page.reviewer, page.remembered, api_name=False, queue=False)
+    page.reviewer.submit(remember, page.reviewer, page.remembered, api_name=False, queue=False)
+
+    def fork_started():
+        return gr.update(interactive=True)
+
+    for button in (page.fork, page.run_again):  # Stop is pressable while a fork runs (see fork_ended)
+        button.click(fork_started, None, page.fork_stop, api_name=False, queue=False, show_progress="hidden")
+
+
+def wire_page(studio: Studio, page: ReviewPage, app: gr.Blocks, tab: gr.Tab, finished: list[Any],
+              forks: list[Any]) -> None:
+    """The list loads with the page and with the tab, and again after a run (``finished``) or a fork
+    (``forks``) has ended; the name comes back from the browser (or is the login)."""
+    outputs = [page.table, page.total, page.progress]
+
+    def list_sessions(text, status, rating, tool, number, eval_run):
+        rows, total = _table(studio, text, status, rating, tool, number, eval_run)
+        return rows, total, _progress(studio, _filter(text, status, rating, tool, eval_run))
+
+    for event in (app.load, tab.select):
+        event(list_sessions, page.filters(), outputs, api_name=False, show_progress="hidden")
+    for ended in finished:
+        ended.then(list_sessions, page.filters(), outputs, api_name=False, show_progress="hidden")
+
+    def fork_ended(*filters):
+        return (*list_sessions(*filters), gr.update(interactive=False))
+
+    for ended in forks:
+        ended.then(fork_ended, page.filters(), [*outputs, page.fork_stop], api_name=False, show_progress="hidden")
+
+    def name(kept, request: gr.Request):
+        login = getattr(request, "username", None)
+        if login:
+            return gr.update(value=login, interactive=False, label="Your name (your login)")
+        return kept or ""
+
+    app.load(name, page.remembered, page.reviewer, api_name=False)
 
 
 def _stale_warning(studio: Studio, identifier: str, step: int, corrected: dict[str, Any]) -> str:
