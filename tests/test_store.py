@@ -69,6 +69,8 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
         connection.execute(text("DROP TABLE eval_items"))
         connection.execute(text("DROP TABLE eval_runs"))
         connection.execute(text("DROP TABLE review_claims"))
+        connection.execute(text("DROP INDEX ix_sessions_created_at_id"))
+        connection.execute(text("DROP INDEX ix_feedback_session_step_rating"))
         connection.execute(text("DROP INDEX ix_sessions_parent_session_id"))
         for table, column in (("sessions", "parent_session_id"), ("sessions", "fork_step"), ("feedback", "blame"),
                               ("sessions", "mode"), ("steps", "error_code"), ("feedback", "reviewer")):
@@ -95,6 +97,8 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
     assert "reviewer" in {c["name"] for c in inspect(store.engine).get_columns("feedback")}
     assert {"session_id", "reviewer", "claimed_at", "expires_at"} <= {c["name"] for c in inspect(store.engine).get_columns("review_claims")}
     assert inspect(store.engine).get_pk_constraint("review_claims")["constrained_columns"] == ["session_id"]
+    assert "ix_sessions_created_at_id" in {i["name"] for i in inspect(store.engine).get_indexes("sessions")}
+    assert "ix_feedback_session_step_rating" in {i["name"] for i in inspect(store.engine).get_indexes("feedback")}
     store.close()
 
 

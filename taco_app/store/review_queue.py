@@ -106,6 +106,28 @@ def _claim(db: DbSession, session_id: str, reviewer: str, now: float, expires: f
     return taken.rowcount == 1
 
 
+class _Lost(Exception):
+    """Someone else took the session first, or rated it: the claim being taken is rolled back."""
+
+
+def _take(store: Store, session_id: str, reviewer: str, claim_s: float, where: list[ColumnElement[bool]]) -> bool:
+    """Claim the session for ``reviewer`` in place of their other claims, in one transaction; False if it was lost."""
+    now = _now()
+    try:
+        with store.writing() as db:
+            if not _claim(db, session_id, reviewer, now, now + claim_s, where):
+                raise _Lost
+            # Read again now that the claim is in place: on PostgreSQL the claim's own statement judged the
+            # session by what was committed when it began, and a rating given since would be missed.
+            if not db.scalar(select(exists().where(SessionRow.id == session_id, *where))):
+                raise _Lost
+            db.execute(delete(ReviewClaimRow).where(ReviewClaimRow.reviewer == reviewer,
+                                                    ReviewClaimRow.session_id != session_id))
+    except _Lost:
+        return False
+    return True
+
+
 def next_to_review(store: Store, flt: SessionFilter | None, reviewer: str, *, skip: Collection[str] = (),
                    claim_s: float = CLAIM_S) -> SessionSummary | None:
     """The oldest session (by ``created_at``, then id) that matches ``flt`` (its page and page size are
@@ -132,13 +154,7 @@ def next_to_review(store: Store, flt: SessionFilter | None, reviewer: str, *, sk
             release(store, reviewer)
             return None
         for session_id in candidates:
-            now = _now()
-            with store.writing() as db:
-                won = _claim(db, session_id, reviewer, now, now + claim_s, where)
-                if won:
-                    db.execute(delete(ReviewClaimRow).where(ReviewClaimRow.reviewer == reviewer,
-                                                            ReviewClaimRow.session_id != session_id))
-            if won:
+            if _take(store, session_id, reviewer, claim_s, where):
                 with store.reading() as db:
                     row = db.execute(select(*_summary_columns()).where(SessionRow.id == session_id)).first()
                 if row is not None:  # (deleted in the meantime: look further)

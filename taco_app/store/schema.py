@@ -88,6 +88,8 @@ class SchemaInfo(Base):
 
 class SessionRow(Base):
     __tablename__ = "sessions"
+    # The review queue reads sessions oldest first (created_at, then id) and stops at the first it can give.
+    __table_args__ = (Index("ix_sessions_created_at_id", "created_at", "id"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[float] = mapped_column(Float, index=True)
     finished_at: Mapped[float | None] = mapped_column(Float)
@@ -162,6 +164,8 @@ class ImageRow(Base):
 
 class FeedbackRow(Base):
     __tablename__ = "feedback"
+    # "Has this session a session-level rating?" answered from the index alone (the review queue asks it per session).
+    __table_args__ = (Index("ix_feedback_session_step_rating", "session_id", "step", "rating"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     step: Mapped[int | None] = mapped_column(Integer)  # null: about the whole session
