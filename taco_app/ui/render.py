@@ -197,8 +197,12 @@ class _Step:
         return "*" + " · ".join(items) + "*"
 
     def message(self) -> dict[str, Any]:
+        # Gradio's Chatbot opens a thought whose status is "pending" (with a spinner) or absent, and
+        # folds one whose status is "done": a finished step has none, so a trace reads top to bottom.
         metadata: dict[str, Any] = {"title": f"Step {self.number} · {escape_text(self.label())}",
-                                    "id": f"step-{self.number}", "status": "done" if self.done else "pending"}
+                                    "id": f"step-{self.number}"}
+        if not self.done:
+            metadata["status"] = "pending"
         generation = self.generation_s()
         if generation is not None:
             metadata["duration"] = round(generation + self.tool_s(), 4)
