@@ -25,6 +25,7 @@ from .ui_server import (HOSTILE_LABEL, HOSTILE_QUESTION, failing_record, hostile
 CHROMIUM = Path(os.environ.get("TACO_CHROMIUM", "/usr/bin/chromium"))
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")]
 playwright = pytest.importorskip("playwright.sync_api")
+expect = playwright.expect
 
 EXAMPLES = ROOT / "assets" / "examples"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -110,10 +111,19 @@ def test_ask_review_export_in_a_browser(app, browser, shots, tmp_path):
     chat = run_example(page, "fuel_prices", "How much gas can I buy with $50?", shots)
     assert "About 14.33 gallons of regular gas" in chat.inner_text()
 
-    # Expand the OCR step: its observation (what the tool read) is inside.
-    chat.get_by_text(re.compile(r"Step 1 · OCR")).first.click()
+    # Every step stays open after the run: the OCR step's observation (what the tool read) is there to read.
     chat.get_by_text("OBSERVATION", exact=False).first.wait_for(timeout=10_000)
     assert "Regular" in chat.inner_text()
+    expect(page.locator("#ask-stop")).to_be_disabled()  # no run going
+    # Collapse all folds every step (the answer stays); Expand all opens them again.
+    toggle = page.locator("#ask-chat-collapse")
+    toggle.click()
+    expect(toggle).to_have_text("Expand all")
+    chat.get_by_text("OBSERVATION", exact=False).first.wait_for(state="detached", timeout=10_000)
+    assert "Step 1 · OCR" in chat.inner_text() and "About 14.33 gallons of regular gas" in chat.inner_text()
+    toggle.click()
+    expect(toggle).to_have_text("Collapse all")
+    chat.get_by_text("OBSERVATION", exact=False).first.wait_for(timeout=10_000)
 
     # The overlay follows the latest step; pick the OCR step and its picture is shown.
     overlay = page.locator("#overlay-image img")
@@ -135,6 +145,7 @@ def test_ask_review_export_in_a_browser(app, browser, shots, tmp_path):
     table = page.locator("#review-table")
     table.locator("text=How much gas >> visible=true").first.click()
     page.locator("#review-chat").get_by_text("Answer:").wait_for(timeout=30_000)
+    page.locator("#review-name textarea, #review-name input").first.fill("Ada")  # kept with each rating
     page.locator("#rate-up").click()
     page.locator("#review-feedback").get_by_text("up").wait_for(timeout=10_000)
     page.wait_for_timeout(300)
@@ -162,6 +173,7 @@ def test_bad_input_in_the_page(app, browser, pixel, monkeypatch):
     page.locator("#ask-run").wait_for()
     page.locator("#ask-run").click()  # no image
     page.get_by_text("Add at least one image").first.wait_for(timeout=20_000)
+    expect(page.locator("#ask-stop")).to_be_disabled()  # a refused run leaves nothing to stop
     page.locator("#ask-images input[type=file]").set_input_files(str(EXAMPLES / "fuel_prices.png"))
     page.locator("#ask-preview").get_by_text("image-0", exact=True).wait_for(timeout=30_000)
     page.locator("#ask-run").click()  # no question
@@ -182,10 +194,9 @@ def test_bad_input_in_the_page(app, browser, pixel, monkeypatch):
     page.locator("#ask-run").click()
     toast = page.locator("[data-testid=toast-body]")
     toast.get_by_text("Something went wrong").first.wait_for(timeout=60_000)
+    expect(page.locator("#ask-stop")).to_be_disabled()  # the failed run has ended
     chat = page.locator("#ask-chat")
-    # Open step 1 (a click straight to it: the failed run's status layer covers the chat).
-    chat.get_by_text("Step 1 · Calculate").first.dispatch_event("click")
-    step = chat.locator(".message-content").filter(has_text="www.example.org").first
+    step = chat.locator(".message-content").filter(has_text="www.example.org").first  # open: the step has run
     shown = step.inner_text()
     assert f"See {pixel[0]}/docs and www.example.org or mail admin@example.org; $$x^2$$ and $\\alpha$" in shown
     assert f"<img src={pixel[0]}/pixel>" in shown
@@ -193,6 +204,51 @@ def test_bad_input_in_the_page(app, browser, pixel, monkeypatch):
     assert toast.locator("img, a").count() == 0 and "re-login" not in toast.inner_text()
     assert pixel[1] == [], pixel[1]
     page.close()
+
+
+def test_stop_is_enabled_only_while_a_run_is_going(app, browser):
+    url, _studio = app
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url)
+    stop = page.locator("#ask-stop")
+    stop.wait_for()
+    expect(stop).to_be_disabled()
+    # A manual run waits for the person's first step: it is going until Stop.
+    page.locator("#ask-images input[type=file]").set_input_files(str(EXAMPLES / "fuel_prices.png"))
+    page.locator("#ask-preview").get_by_text("image-0", exact=True).wait_for(timeout=30_000)
+    page.locator("#ask-question textarea").fill("How much gas can I buy with $50?")
+    choose_model(page, "Manual: write each step yourself")
+    page.locator("#ask-run").click()
+    page.locator("#manual-panel").first.wait_for(state="visible", timeout=60_000)
+    expect(stop).to_be_enabled()
+    stop.click()
+    page.locator("#ask-chat").get_by_text("Stopped.").first.wait_for(timeout=30_000)
+    expect(stop).to_be_disabled()
+    page.close()
+
+
+NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+
+
+def test_the_layout_fits_a_wide_screen_and_a_phone(app, browser):
+    """At 1440 px the chat and the overlay sit side by side; at 390 px (a phone) they are stacked, and
+    neither Ask nor Review scrolls sideways. The examples and the images come first."""
+    url, _studio = app
+    for width, side_by_side in ((1440, True), (390, False)):
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.goto(url)
+        page.locator("#ask-run").wait_for()
+        chat, overlay = page.locator("#ask-chat").bounding_box(), page.locator("#overlay-image").bounding_box()
+        assert (overlay["x"] >= chat["x"] + chat["width"]) == side_by_side, (width, chat, overlay)
+        assert (overlay["y"] >= chat["y"] + chat["height"]) == (not side_by_side), (width, chat, overlay)
+        examples = page.get_by_role("button", name="fuel prices").bounding_box()
+        images = page.locator("#ask-images").bounding_box()
+        assert examples["y"] < images["y"] < chat["y"], (examples, images, chat)
+        assert page.evaluate(NO_SIDEWAYS_SCROLL), f"Ask scrolls sideways at {width} px"
+        page.get_by_role("tab", name="Review").click()
+        page.locator("#review-chat").wait_for()
+        assert page.evaluate(NO_SIDEWAYS_SCROLL), f"Review scrolls sideways at {width} px"
+        page.close()
 
 
 PREMIUM_STEP = {"thought": "The question is about premium: $3.89 a gallon.",

@@ -25,6 +25,7 @@ from taco_app.media import ImageLoadError
 from taco_app.settings import current
 from taco_app.tools import default_tools
 from taco_app.ui import overlays, render
+from taco_app.ui.controls import collapse_all
 from taco_app.ui.errors import inform, warn
 from taco_app.ui.live import (LiveRun, ModelLoadError, Owner, Registry, finished, follow, latest_picture, loading,
                               owner, redraws, stored)
@@ -73,7 +74,8 @@ class AskPage:
     picture: gr.Image
     caption: gr.Markdown
     seen: gr.Gallery
-    # The events that fire once a run has ended (answered, failed or stopped): chain ``.then(...)`` on them.
+    # The events that fire once a run has ended (answered, stopped, failed or refused), one of them per run:
+    # chain ``.then(...)`` on each.
     ended: list[Any] = field(default_factory=list)
 
     def run_inputs(self) -> list[Any]:
@@ -96,36 +98,47 @@ def build(studio: Studio, registry: Registry) -> AskPage:
 def _layout(studio: Studio) -> AskPage:
     status = gr.Markdown(studio.status_line(), elem_id="model-status")
     gr.Markdown(studio.banner(), visible=bool(studio.banner()), elem_id="no-model-banner")
-    with gr.Row():
-        with gr.Column(scale=5):
-            files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="ask-images")
-            preview = gr.Gallery(label="What the model will see (image-0, image-1, …)", columns=4, height=160,
-                                 elem_id="ask-preview")
-            question = gr.Textbox(label="Question", lines=2, placeholder="e.g. How much gas can I buy with $50?",
-                                  elem_id="ask-question")
-            with gr.Row():
-                choice = gr.Dropdown(studio.choices(), value=studio.default_choice(), label="Model", scale=3,
-                                     elem_id="ask-model")
-                pause = gr.Checkbox(label="Pause before each tool call", value=False, scale=2, elem_id="ask-pause")
-            with gr.Row():
-                run_button = gr.Button("Run", variant="primary", elem_id="ask-run")
-                stop_button = gr.Button("Stop", variant="stop", elem_id="ask-stop")
-            chat = gr.Chatbot(label="Chain of thought and action", height=620, elem_id="ask-chat",
-                              group_consecutive_messages=False,
-                              latex_delimiters=[])  # no LaTeX: "$$" in a tool's output is text (render.py)
-            info = gr.Markdown(elem_id="ask-info")
-            review, manual = _review_panel(), manual_panel()
-        with gr.Column(scale=4):
-            step = gr.Dropdown(label="Step to show", choices=[], interactive=True, elem_id="overlay-step")
-            picture = gr.Image(label="What the tool saw", type="filepath", interactive=False, height=420,
-                               elem_id="overlay-image")  # a file that never changes: see Scratch.picture
-            caption = gr.Markdown(elem_id="overlay-caption")
-            seen = gr.Gallery(label="Every image the model saw", columns=3, height=260, elem_id="ask-seen")
+    # The examples first: they fill in the images, the question and the model, drawn just below them.
+    files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="ask-images", render=False)
+    question = gr.Textbox(label="Question", lines=2, placeholder="e.g. How much gas can I buy with $50?",
+                          elem_id="ask-question", render=False)
+    choice = gr.Dropdown(studio.choices(), value=studio.default_choice(), label="Model", elem_id="ask-model",
+                         render=False)
     gr.Examples(
         [[[str(e.image)], e.question, e.label] for e in studio.examples],
         inputs=[files, question, choice], label="Examples (a recorded TACO reply per step; the tools run live)",
         example_labels=[e.label.removeprefix("Replay example: ").replace("_", " ") for e in studio.examples],
     )
+    # Side by side on a wide screen; each column wraps under the other on a phone (min_width).
+    with gr.Row(equal_height=False, elem_id="ask-inputs"):
+        with gr.Column(scale=5, min_width=280):
+            files.render()
+            question.render()
+        with gr.Column(scale=4, min_width=280):
+            preview = gr.Gallery(label="What the model will see (image-0, image-1, …)", columns=4, height=160,
+                                 elem_id="ask-preview")
+            choice.render()
+            pause = gr.Checkbox(label="Pause before each tool call", value=False, elem_id="ask-pause")
+            with gr.Row(elem_id="ask-buttons"):
+                run_button = gr.Button("Run", variant="primary", elem_id="ask-run")
+                # Enabled only while a run is going (see _wire_run).
+                stop_button = gr.Button("Stop", variant="secondary", size="sm", interactive=False, scale=0,
+                                        min_width=80, elem_id="ask-stop")
+    with gr.Row(equal_height=False, elem_id="ask-main"):
+        with gr.Column(scale=5, min_width=280):
+            chat = gr.Chatbot(label="Chain of thought and action", height=620, elem_id="ask-chat",
+                              group_consecutive_messages=False, render=False,
+                              latex_delimiters=[])  # no LaTeX: "$$" in a tool's output is text (render.py)
+            collapse_all(chat)  # above the chat: every step is open once it has run
+            chat.render()
+            info = gr.Markdown(elem_id="ask-info")
+            review, manual = _review_panel(), manual_panel()
+        with gr.Column(scale=4, min_width=280):
+            step = gr.Dropdown(label="Step to show", choices=[], interactive=True, elem_id="overlay-step")
+            picture = gr.Image(label="What the tool saw", type="filepath", interactive=False, height=420,
+                               elem_id="overlay-image")  # a file that never changes: see Scratch.picture
+            caption = gr.Markdown(elem_id="overlay-caption")
+            seen = gr.Gallery(label="Every image the model saw", columns=3, height=260, elem_id="ask-seen")
     return AskPage(status, files, preview, question, choice, pause, run_button, stop_button, chat, info, review,
                    manual, step, picture, caption, seen)
 
@@ -160,13 +173,24 @@ def _wire_run(studio: Studio, registry: Registry, page: AskPage) -> None:
     def ask(paths, text, label, paused, request: gr.Request):
         yield from run_session(studio, registry, page, owner(request), paths, text, label, paused)
 
-    # After a run, the status line again: a first run has loaded the model (device, memory).
-    page.ended = [
-        page.run_button.click(ask, page.run_inputs(), page.run_outputs(), api_name="ask", concurrency_limit=None
-                              ).then(studio.status_line, None, page.status, api_name=False),
-        page.question.submit(ask, page.run_inputs(), page.run_outputs(), api_name=False, concurrency_limit=None
-                             ).then(studio.status_line, None, page.status, api_name=False),
-    ]
+    def going():  # Stop, as soon as Run is pressed
+        return gr.update(interactive=True, variant="stop")
+
+    def ended(request: gr.Request):
+        """After a run (answered, failed, stopped or refused): Stop again only if another run of this
+        browser session is still going; the status line again (a first run has loaded the model)."""
+        live = registry.get(owner(request))
+        busy = live is not None and live.running
+        return gr.update(interactive=busy, variant="stop" if busy else "secondary"), studio.status_line()
+
+    page.ended = []
+    for trigger, api_name in ((page.run_button.click, "ask"), (page.question.submit, False)):
+        started = trigger(going, None, page.stop_button, api_name=False, queue=False)
+        ran = started.then(ask, page.run_inputs(), page.run_outputs(), api_name=api_name, concurrency_limit=None)
+        # Gradio 6.31's page starts a .then after a success only: .failure covers a run that raised.
+        for after in (ran.then, ran.failure):
+            page.ended.append(after(ended, None, [page.stop_button, page.status], api_name=False,
+                                    concurrency_limit=None))
 
     def stop(request: gr.Request):
         live = registry.get(owner(request))
@@ -252,7 +276,7 @@ def show_inputs(paths: list[str] | None) -> list[tuple[str, str]]:
 def _inputs(paths: list[str] | None, question: str | None) -> list[InputImage]:
     """The run's images, or gr.Error with what to fix (nothing has started yet)."""
     if not paths:
-        raise gr.Error("Add at least one image (or pick an example below), then press Run.")
+        raise gr.Error("Add at least one image (or pick an example above), then press Run.")
     if not (question or "").strip():
         raise gr.Error("Type a question about the image(s), then press Run.")
     try:
@@ -273,6 +297,15 @@ def run_session(studio: Studio, registry: Registry, page: AskPage, key: Owner, p
     """The Run handler: validate, then stream the session's events as component updates."""
     images = _inputs(paths, question)
     live = registry.start(key)
+    live.running = True
+    try:
+        yield from _stream(studio, page, live, images, question.strip(), label, paused)
+    finally:  # answered, failed, stopped, or the page went away
+        live.running = False
+
+
+def _stream(studio: Studio, page: AskPage, live: LiveRun, images: list[InputImage], question: str, label: str,
+            paused: bool) -> Iterator[dict[Any, Any]]:
     try:
         backend = studio.backend(label, cancel=live.cancel)
     except BackendError as err:
@@ -287,7 +320,7 @@ def run_session(studio: Studio, registry: Registry, page: AskPage, key: Owner, p
             raise gr.Error(str(err))
     started = time.perf_counter()
     first_update: float | None = None
-    session = run(question.strip(), images, backend, tools=default_tools(), cancel=live.cancel,
+    session = run(question, images, backend, tools=default_tools(), cancel=live.cancel,
                   review=live.review if paused else None, tool_timeout_s=current().tool_timeout,
                   sink=studio.store.images)  # where the store (and the page) finds them
     for event, view in follow(studio.store, live, session):

@@ -29,6 +29,7 @@ class LiveRun:
     events: list[ev.Event] = field(default_factory=list)
     manual: Any = None  # the ManualBackend of a manual-mode run
     reviewing: Action | None = None  # the action waiting for the person, if any
+    running: bool = False  # the Run handler is streaming this run (the Stop button is enabled)
     # What the page shows now, so only changes are sent: (step choices, selected step), open panels.
     shown_steps: tuple[Any, Any] | None = None
     panels: dict[str, bool] = field(default_factory=dict)

@@ -105,7 +105,7 @@ class Studio:
         if self.local is not None:
             return ""
         return (f"**No TACO model can run on this machine:** {self.local_reason}\n\n"
-                "What still works: the examples below (a recorded TACO reply per step, every tool running live on the"
+                "What still works: the examples above the images (a recorded TACO reply per step, every tool running live on the"
                 " picture), manual mode (you write each step, the tools run), and the Review and Export tabs."
                 + ("" if self.openai_configured else " To use a model served elsewhere, start the app with"
                    " TACO_OPENAI_BASE_URL and TACO_OPENAI_MODEL set."))
