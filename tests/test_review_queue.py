@@ -325,12 +325,12 @@ def assert_each_given_once(given_to: list[tuple[str, str]], ids: list[str]) -> N
 
 
 def test_reviewers_in_many_threads_never_get_the_same_session(store, path):
-    ids = numbered(store, 60)
+    ids = numbered(store, 40)
     names = [f"{person}-{k}" for person in ("ana", "bo") for k in range(4)]
     given_to = review_all(store, names)
     assert_each_given_once(given_to, ids)
     assert len({name for _, name in given_to}) > 1
-    assert rq.progress(store, None) == rq.Progress(60, 60)
+    assert rq.progress(store, None) == rq.Progress(40, 40)
 
 
 # A process of three reviewers (threads), started by the test once every process is ready.
@@ -364,7 +364,7 @@ store.close()
 
 
 def test_reviewers_in_two_processes_never_get_the_same_session(store, path, tmp_path):
-    ids = numbered(store, 40)
+    ids = numbered(store, 30)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     processes = [subprocess.Popen([sys.executable, "-c", PROCESS, store.url, str(tmp_path / "images"), path, person],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
