@@ -26,7 +26,8 @@ def running(home: Path, examples: Iterable[ExampleChoice] = ()) -> Iterator[tupl
     previous = os.environ.get("TACO_HOME")
     os.environ["TACO_HOME"] = str(home)
     try:
-        studio = Studio(Store.open(), probe=False, local_reason="no CUDA GPU here (test server)")
+        studio = Studio(Store.open(), probe=False, local_reason="no CUDA GPU here (test server)",
+                        warm=False)  # each tool loads on first use, as the tests measure
         studio.examples += list(examples)
         port = free_port()
         app = serve("127.0.0.1", port, block=False, studio=studio)

@@ -128,6 +128,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, *, share: bool = False,
         app.queue(default_concurrency_limit=None)
         if block:
             _stop_on_sigterm()
+        studio.warm_tools(after=lambda: app.is_running)  # the examples' tool models, once the page is served
         # show_error=False: an exception's own text (SQL, a model's words) never reaches the page (errors.py).
         app.launch(server_name=host, server_port=port, share=share, auth=credentials, prevent_thread_lock=not block,
                    allowed_paths=[str(studio.store.images_root), str(scratch.overlays.root)], show_error=False,

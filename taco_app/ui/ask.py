@@ -96,7 +96,7 @@ def build(studio: Studio, registry: Registry) -> AskPage:
 
 
 def _layout(studio: Studio) -> AskPage:
-    status = gr.Markdown(studio.status_line(), elem_id="model-status")
+    status = gr.Markdown(studio.status_line, elem_id="model-status")  # read again at each page load
     gr.Markdown(studio.banner(), visible=bool(studio.banner()), elem_id="no-model-banner")
     # The examples first: they fill in the images, the question and the model, drawn just below them.
     files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="ask-images", render=False)
@@ -139,8 +139,21 @@ def _layout(studio: Studio) -> AskPage:
                                elem_id="overlay-image")  # a file that never changes: see Scratch.picture
             caption = gr.Markdown(elem_id="overlay-caption")
             seen = gr.Gallery(label="Every image the model saw", columns=3, height=260, elem_id="ask-seen")
+    _follow_tools(studio, status)
     return AskPage(status, files, preview, question, choice, pause, run_button, stop_button, chat, info, review,
                    manual, step, picture, caption, seen)
+
+
+def _follow_tools(studio: Studio, status: gr.Markdown) -> None:
+    """The status line again every second while the tool models load (Studio.warm_tools), then no more."""
+    if not studio.warm:
+        return
+    timer = gr.Timer(1.0)
+
+    def tick():
+        return studio.status_line(), gr.Timer(active=not studio.tools_settled())
+
+    timer.tick(tick, None, [status, timer], api_name=False, show_progress="hidden", concurrency_limit=None)
 
 
 def _review_panel() -> ReviewPanel:

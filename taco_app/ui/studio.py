@@ -35,10 +35,28 @@ def examples() -> list[ExampleChoice]:
             for e in EXAMPLES]
 
 
+def script_actions(script: Path) -> list[str]:
+    """The actions a replay script's replies take, in order, each once (a reply that does not parse: none)."""
+    import json
+
+    from taco_app.cota.parser import ParsedStep, parse
+
+    names: list[str] = []
+    for reply in json.loads(script.read_text("utf-8")):
+        parsed = parse(reply)
+        if isinstance(parsed, ParsedStep) and parsed.action is not None and parsed.action.name not in names:
+            names.append(parsed.action.name)
+    return names
+
+
 class Studio:
-    def __init__(self, store: Any, *, local: Backend | None = None, local_reason: str = "", probe: bool = True):
-        """``probe``: look for a runnable local model now (cheap: no weights are loaded)."""
+    def __init__(self, store: Any, *, local: Backend | None = None, local_reason: str = "", probe: bool = True,
+                 warm: bool = True):
+        """``probe``: look for a runnable local model now (cheap: no weights are loaded).
+        ``warm``: :meth:`warm_tools` loads the examples' tool models (False: each loads on first use)."""
         self.store = store
+        self.warm = warm
+        self.warmup: Any = None  # the taco_app.tools.warmup.Warmup, once warm_tools() has started it
         self.local, self.local_reason = local, local_reason
         if local is None and probe:
             self.local, self.local_reason = auto_choice()
@@ -92,13 +110,69 @@ class Studio:
             return backend
         raise BackendError(f"unknown model choice {label!r}")
 
+    # --- tool models, loaded before the first session needs them -------------------------------------
+
+    def example_tools(self) -> list[str]:
+        """The actions the examples' replies take that load a model first (OCR's EasyOCR, DetectFaces'
+        cascades), in the examples' order."""
+        from taco_app.tools import default_tools
+        from taco_app.tools.warmup import loads_a_model
+
+        toolbox, names = default_tools(), []
+        for example in self.examples:
+            for name in script_actions(example.script):
+                if name in toolbox and name not in names and loads_a_model(toolbox.get(name)):
+                    names.append(name)
+        return names
+
+    def warm_tools(self, after: Any = None) -> Any:
+        """Start loading the examples' tool models in a background thread (once; not when ``warm`` is
+        False), once ``after()`` is true if given; returns the :class:`~taco_app.tools.warmup.Warmup`, or None."""
+        if not self.warm:
+            return None
+        if self.warmup is None:
+            from taco_app.tools import default_tools
+            from taco_app.tools.warmup import Warmup
+
+            self.warmup = Warmup([default_tools().get(name) for name in self.example_tools()])
+        return self.warmup.start(after)
+
+    def tools_settled(self) -> bool:
+        """Nothing more to tell about the tool models: all ready or failed, or none being loaded."""
+        return self.warmup is None or self.warmup.finished
+
+    def tools_line(self) -> str:
+        """The tool models' state, for the status line ("" when none are being loaded)."""
+        from taco_app.tools.warmup import FAILED, LOADING, READY
+        from taco_app.ui.render import escape_text
+
+        if self.warmup is None:
+            return ""
+        states = self.warmup.states()
+        if not states:
+            return ""
+        words = []
+        for state in states:
+            if state.state == READY:
+                words.append(f"{state.name} ready")
+            elif state.state == LOADING:
+                words.append(f"{state.name} loading…")
+            elif state.state == FAILED:
+                words.append(f"{state.name} could not load: {escape_text(state.message)}")
+            else:
+                words.append(f"{state.name} waiting")
+        return "**Tools:** " + " · ".join(words)
+
     # --- words for the page ---------------------------------------------------------------------
 
     def status_line(self) -> str:
-        """Which model, on what, how: the line above the Ask tab."""
+        """Which model, on what, how, and the tool models' state: the lines above the Ask tab."""
         if self.local is None:
-            return "**Model:** none loaded here. Examples replay recorded TACO replies; tools run live."
-        return f"**Model:** {self.local.describe()}"
+            line = "**Model:** none loaded here. Examples replay recorded TACO replies; tools run live."
+        else:
+            line = f"**Model:** {self.local.describe()}"
+        tools = self.tools_line()
+        return f"{line}\n\n{tools}" if tools else line
 
     def banner(self) -> str:
         """Why no model can run here and what still works ("" when the local model can run)."""
