@@ -289,7 +289,7 @@ def test_the_local_model_loads_with_progress_and_runs(tmp_path_factory):
 
     os.environ["TACO_HOME"] = str(home)
     local = TransformersBackend(LoadOptions(model_id=str(checkpoint), device="cpu", max_new_tokens=8))
-    studio = Studio(Store.open(), local=local)
+    studio = Studio(Store.open(), local=local, warm=False)  # no tool models loaded in the background
     from taco_app.ui.app import serve, stop
 
     port = free_port()
@@ -381,7 +381,7 @@ def test_login_is_required_when_auth_is_set(tmp_path):
     with pytest.raises(ValueError, match="user:password"):
         parse_auth("no-colon")
     port = free_port()
-    app = serve("127.0.0.1", port, block=False, auth="ana:secret", studio=Studio(Store.open(), probe=False))
+    app = serve("127.0.0.1", port, block=False, auth="ana:secret", studio=Studio(Store.open(), probe=False, warm=False))
     try:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10)
@@ -497,7 +497,7 @@ def test_another_login_cannot_drive_a_run_with_its_session_hash(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     app = serve("127.0.0.1", port, block=False, auth=[("ana", "ana-secret"), ("bob", "bob-secret")],
-                studio=Studio(Store.open(), probe=False))
+                studio=Studio(Store.open(), probe=False, warm=False))
     try:
         ana = Client(url, auth=("ana", "ana-secret"), verbose=False)
         bob = Client(url, auth=("bob", "bob-secret"), verbose=False)

@@ -112,7 +112,7 @@ def test_with_a_login_the_judgment_is_the_logins(tmp_path):
 
     from .ui_server import free_port
 
-    studio = Studio(Store.open(), probe=False)  # in this test's TACO_HOME (conftest)
+    studio = Studio(Store.open(), probe=False, warm=False)  # in this test's TACO_HOME (conftest)
     ids = fill(studio.store, 2, "Login")
     port = free_port()
     app = serve("127.0.0.1", port, block=False, auth=[("ana", "ana-secret")], studio=studio)
