@@ -589,8 +589,13 @@ def wire_page(studio: Studio, page: ReviewPage, app: gr.Blocks, tab: gr.Tab, fin
     def fork_ended(*filters):
         return (*list_sessions(*filters), gr.update(interactive=False))
 
+    def fork_refused():
+        return gr.update(interactive=False)
+
     for ended in forks:
         ended.then(fork_ended, page.filters(), [*outputs, page.fork_stop], api_name=False, show_progress="hidden")
+        # A refused or failed fork is not followed by .then: Stop is turned off there too.
+        ended.failure(fork_refused, None, page.fork_stop, api_name=False, queue=False, show_progress="hidden")
 
     def name(kept, request: gr.Request):
         login = getattr(request, "username", None)
