@@ -73,7 +73,8 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
         connection.execute(text("DROP INDEX ix_feedback_session_step_rating"))
         connection.execute(text("DROP INDEX ix_sessions_parent_session_id"))
         for table, column in (("sessions", "parent_session_id"), ("sessions", "fork_step"), ("feedback", "blame"),
-                              ("sessions", "mode"), ("steps", "error_code"), ("feedback", "reviewer")):
+                              ("sessions", "mode"), ("steps", "error_code"), ("feedback", "reviewer"),
+                              ("feedback", "corrected_output")):
             connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         connection.execute(text("INSERT INTO schema_info (id, version) VALUES (1, 1)"))
         connection.execute(text(
@@ -94,7 +95,7 @@ def test_upgrading_a_first_schema_database_keeps_its_data(taco_home):
     assert "preferences" in inspect(store.engine).get_table_names()
     assert "blame" in {c["name"] for c in inspect(store.engine).get_columns("feedback")}
     assert {"eval_runs", "eval_items"} <= set(inspect(store.engine).get_table_names())
-    assert "reviewer" in {c["name"] for c in inspect(store.engine).get_columns("feedback")}
+    assert {"reviewer", "corrected_output"} <= {c["name"] for c in inspect(store.engine).get_columns("feedback")}
     assert {"session_id", "reviewer", "claimed_at", "expires_at"} <= {c["name"] for c in inspect(store.engine).get_columns("review_claims")}
     assert inspect(store.engine).get_pk_constraint("review_claims")["constrained_columns"] == ["session_id"]
     assert "ix_sessions_created_at_id" in {i["name"] for i in inspect(store.engine).get_indexes("sessions")}

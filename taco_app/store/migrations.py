@@ -67,12 +67,14 @@ def _m004_evals(engine: Engine) -> None:
 
 
 def _m005_review_queue(engine: Engine) -> None:
-    """feedback.reviewer (null for feedback given before names were kept), the review_claims table, and the
-    indexes the review queue reads by."""
+    """feedback.reviewer (null for feedback given before names were kept), feedback.corrected_output (the
+    regions a person fixed on a tool's output), the review_claims table, and the indexes the review queue reads by."""
     feedback = {c["name"] for c in inspect(engine).get_columns("feedback")}
     with engine.begin() as connection:
         if "reviewer" not in feedback:
             connection.execute(text("ALTER TABLE feedback ADD COLUMN reviewer VARCHAR(64)"))
+        if "corrected_output" not in feedback:
+            connection.execute(text("ALTER TABLE feedback ADD COLUMN corrected_output JSON"))
         for table, name, columns in (("sessions", "ix_sessions_created_at_id", "created_at, id"),
                                      ("feedback", "ix_feedback_session_step_rating", "session_id, step, rating")):
             if name not in {i["name"] for i in inspect(connection).get_indexes(table)}:

@@ -104,6 +104,7 @@ class Feedback:
     created_at: float
     blame: str | None = None  # a step rated down: "model" or "tool" (None: not said, counted as the model's)
     reviewer: str | None = None  # who gave it (None: not said, or given before names were kept)
+    corrected_output: Any = None  # what the step's tool output should have been (see :func:`correct_output`)
 
 
 @dataclass
@@ -114,8 +115,9 @@ class LatestFeedback:
     corrected_answer: str | None = None
     step_ratings: dict[int, str] = field(default_factory=dict)
     corrected_steps: dict[int, Any] = field(default_factory=dict)
-    corrected: bool = False  # any correction (answer or step) at all
+    corrected: bool = False  # any correction (answer, step or tool output) at all
     step_blame: dict[int, str] = field(default_factory=dict)  # the blame of each step's latest rating, when it has one
+    corrected_outputs: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest per step (:func:`correct_output`)
 
     @classmethod
     def fold(cls, history: Any) -> "LatestFeedback":
@@ -136,7 +138,11 @@ class LatestFeedback:
                 latest.corrected_answer = item.corrected_answer
             if item.corrected_step is not None and item.step is not None:
                 latest.corrected_steps[item.step] = item.corrected_step
-            latest.corrected = latest.corrected or item.corrected_answer is not None or item.corrected_step is not None
+            fixed_output = getattr(item, "corrected_output", None)
+            if isinstance(fixed_output, dict) and item.step is not None:
+                latest.corrected_outputs[item.step] = fixed_output
+            latest.corrected = (latest.corrected or item.corrected_answer is not None or item.corrected_step is not None
+                                or fixed_output is not None)
         return latest
 
 
@@ -151,6 +157,7 @@ class Trace:
     step_ratings: dict[int, str] = field(default_factory=dict)  # latest per step
     corrected_steps: dict[int, Any] = field(default_factory=dict)  # latest per step
     step_blame: dict[int, str] = field(default_factory=dict)  # latest per step, from the same row as its rating
+    corrected_outputs: dict[int, dict[str, Any]] = field(default_factory=dict)  # latest per step
 
 
 @dataclass
@@ -282,13 +289,13 @@ def get_trace(store: Store, session_id: str) -> Trace | None:
             images=[TraceImage(i.image_id, store.image_path(i), i.width, i.height, i.role, i.step, i.parent, i.bbox)
                     for i in images],
             feedback=[Feedback(f.step, f.rating, f.corrected_answer, f.corrected_step, f.note, f.created_at, f.blame,
-                               f.reviewer)
+                               f.reviewer, f.corrected_output)
                       for f in feedback],
         )
     latest = LatestFeedback.fold(trace.feedback)
     trace.rating, trace.corrected_answer = latest.rating, latest.corrected_answer
     trace.step_ratings, trace.corrected_steps = latest.step_ratings, latest.corrected_steps
-    trace.step_blame = latest.step_blame
+    trace.step_blame, trace.corrected_outputs = latest.step_blame, latest.corrected_outputs
     return trace
 
 
@@ -387,6 +394,75 @@ def correct_step(store: Store, session_id: str, step: int, text_or_obj: str | di
     corrected = validate_step(text_or_obj)
     _add(store, session_id, step, reviewer, corrected_step=corrected)
     return corrected
+
+
+REGION_KEYS = ("label", "bbox", "score")
+IMAGE_KEYS = ("image_id", "sha256", "path", "width", "height")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+
+
+def check_regions(regions: Any) -> list[dict[str, Any]]:
+    """Regions as a tool writes them, ``[{"label", "bbox" [l, t, r, b] in 0..1, "score"?}]``; ValueError in words."""
+    if not isinstance(regions, list):
+        raise ValueError("regions must be a list of {label, bbox} (an empty list: the tool should have found nothing)")
+    checked = []
+    for number, region in enumerate(regions, 1):
+        if not isinstance(region, dict) or set(region) - set(REGION_KEYS):
+            raise ValueError(f"region {number} must be {{label, bbox}} (and a score), not {region!r}")
+        label, box = region.get("label"), region.get("bbox")
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"region {number} has no label")
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_number(v) and 0 <= v <= 1 for v in box)
+                and box[0] < box[2] and box[1] < box[3]):
+            raise ValueError(f"region {number}'s bbox must be [left, top, right, bottom] in 0..1, left < right and"
+                             f" top < bottom, not {box!r}")
+        item: dict[str, Any] = {"label": label, "bbox": [float(v) for v in box]}
+        if region.get("score") is not None:
+            if not _number(region["score"]):
+                raise ValueError(f"region {number}'s score must be a number, not {region['score']!r}")
+            item["score"] = region["score"]
+        checked.append(item)
+    return checked
+
+
+def correct_output(store: Store, session_id: str, step: int, output: dict[str, Any], *,
+                   reviewer: str | None = None) -> dict[str, Any]:
+    """Record what a step's tool output should have been: the step is rated down, the tool's fault, with
+    ``output`` = ``{"regions": [...], "image": {...}}`` (the regions a person fixed; the image, when the tool
+    made one, that picture redrawn with them: ``image_id`` (the tool's image it replaces), ``sha256``,
+    ``path`` (a file in the images folder), ``width``, ``height``). Only a step whose tool output lists
+    regions can be corrected so. Returns what was stored; ValueError in words when it cannot be."""
+    if not isinstance(output, dict) or "regions" not in output or set(output) - {"regions", "image"}:
+        raise ValueError('a corrected output is {"regions": [...]} with, when the tool made a picture, "image": {...}')
+    fixed: dict[str, Any] = {"regions": check_regions(output["regions"])}
+    image = output.get("image")
+    if image is not None:
+        if not isinstance(image, dict) or set(image) != set(IMAGE_KEYS):
+            raise ValueError(f"a corrected output's image must give {', '.join(IMAGE_KEYS)}")
+        if not all(isinstance(image[k], int) and not isinstance(image[k], bool) and image[k] > 0 for k in ("width", "height")):
+            raise ValueError("a corrected output's image must have a width and a height")
+        relative = store.relative(image["path"])
+        if Path(relative).is_absolute() or ".." in Path(relative).parts or not (store.images_root / relative).is_file():
+            raise ValueError(f"a corrected output's image must be a file in the images folder, not {image['path']!r}")
+        fixed["image"] = {"image_id": str(image["image_id"]), "sha256": str(image["sha256"]), "path": relative,
+                          "width": image["width"], "height": image["height"]}
+    if reviewer is not None:
+        from taco_app.store.review_queue import check_reviewer
+
+        reviewer = check_reviewer(reviewer)
+    with store.writing() as db:
+        _check(db, session_id, step)
+        row = db.scalars(select(StepRow).where(StepRow.session_id == session_id, StepRow.index == step)).one()
+        if not isinstance(row.output, dict) or not isinstance(row.output.get("regions"), list):
+            raise ValueError(f"step {step} of session {session_id!r} has no regions a tool found to correct")
+        if image is not None and fixed["image"]["image_id"] not in (row.image_ids or []):
+            raise ValueError(f"step {step} made no image {fixed['image']['image_id']!r} to replace")
+        db.add(FeedbackRow(session_id=session_id, step=step, created_at=time.time(), reviewer=reviewer, rating="down",
+                           blame="tool", corrected_output=fixed))
+    return fixed
 
 
 def add_note(store: Store, session_id: str, note: str, step: int | None = None, *, reviewer: str | None = None) -> None:

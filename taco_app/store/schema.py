@@ -13,7 +13,7 @@ from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String,
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA_VERSION = 5  # 2: steps.action_name, indexed, so "sessions that used tool X" is fast; 3: forks, blame, preferences;
-# 4: eval runs, sessions.mode (cota | direct), steps.error_code; 5: feedback.reviewer, review claims
+# 4: eval runs, sessions.mode (cota | direct), steps.error_code; 5: feedback.reviewer and corrected_output, review claims
 REVIEWER_CHARS = 64  # the longest reviewer name
 STATUSES = ("running", "finished", "failed", "cancelled", "interrupted", "max_steps")
 BLAMES = ("model", "tool")  # who a bad step is blamed on
@@ -179,6 +179,9 @@ class FeedbackRow(Base):
     blame: Mapped[str | None] = mapped_column(String(8))
     # Who gave it (see :func:`taco_app.store.review_queue.check_reviewer`); null: given before names were kept.
     reviewer: Mapped[str | None] = mapped_column(String(REVIEWER_CHARS))
+    # What a tool's output should have been, fixed by a person (see :func:`taco_app.store.queries.correct_output`):
+    # {"regions": [...], "image": {...}} (the image: the tool's picture redrawn with them, when it made one).
+    corrected_output: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
 class ReviewClaimRow(Base):
