@@ -112,7 +112,7 @@ def _progress(studio: Studio, flt: queries.SessionFilter) -> str:
         done = review_queue.progress(studio.store, flt)
     except ValueError as err:
         raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
-    return f"**{done.reviewed} of {done.total} reviewed** (the sessions these filters match)"
+    return f"**{done.reviewed:,} of {done.total:,} reviewed** (the sessions these filters match)"
 
 
 def _marks(page: ReviewPage, trace: queries.Trace | None, step: int | None) -> dict[Any, Any]:
