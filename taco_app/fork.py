@@ -5,6 +5,10 @@ prefix is byte-identical to the parent's and a backend's prefix cache reuses it)
 edited thought and/or action a person wrote (its action runs with the real tools), or, with no edit,
 the backend's (``run again`` is a fork at step 1). The backend writes the steps after it.
 
+An earlier step whose tool output a person corrected (the regions it found, dragged in Review:
+:func:`taco_app.store.queries.correct_output`) is kept as corrected: the model reads the observation
+with the corrected regions and the tool's picture redrawn with them, and the fork stores that step so.
+
 :func:`plan_fork` checks everything and loads the parent before anything is stored, raising
 :class:`ForkError` (one line for a person); :func:`fork` yields the new session's events, the same
 stream as :func:`taco_app.runner.run`, for the caller to record.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +31,7 @@ from taco_app.cota.prompt import IMAGE_TOKEN, MAX_REPLIES, Turn, assistant_turn,
 from taco_app.media import ImageLoadError
 from taco_app.runner import History, InputImage, Review, run
 from taco_app.store import codec, queries
+from taco_app.store.corrections import Observed, image_file, observed
 from taco_app.tools import Toolbox
 from taco_app.tools.execution import DEFAULT_TOOL_TIMEOUT
 
@@ -61,12 +66,13 @@ def plan_fork(store: Any, session_id: str, step: int, *, thought: str | None = N
         raise ForkError(f"step {step} is out of range: session {session_id} has steps 1 to {last}")
     reply = _edited_step(steps.get(step), step, thought, action)
     earlier = [steps[k] for k in range(1, step)]
-    images = _images(trace, step)
+    fixed = _corrected(store, trace, step)
+    images = _images(trace, step, fixed)
     inputs = [InputImage(picture, path) for (info, picture), path in images if info.role == "input"]
     tools = [(info, picture) for (info, picture), _ in images if info.role != "input"]
     events = [e for e in codec.trace_events(trace)[1:] if 0 < e.step < step and not isinstance(e, ev.Finished)]
-    history = History(parent_session_id=trace.session["id"], events=_with_edits(events, trace),
-                      turns=_turns(earlier, trace), images=tools, reply=reply)
+    history = History(parent_session_id=trace.session["id"], events=_with_outputs(_with_edits(events, trace), fixed),
+                      turns=_turns(earlier, trace, fixed), images=tools, reply=reply)
     return ForkPlan(trace.session["id"], step, trace.session["question"], inputs, history)
 
 
@@ -109,12 +115,46 @@ def _edited_step(row: dict[str, Any] | None, step: int, thought: str | None,
     return step_text(checked["thought"], Action.from_dict(checked["actions"][0]))
 
 
-def _images(trace: queries.Trace, step: int) -> list[tuple[tuple[ev.ImageInfo, Image.Image], Path]]:
-    """The inputs and the images steps before ``step`` made, loaded from disk, in id order."""
+@dataclass(frozen=True)
+class _Fixed:
+    """A step before the fork whose tool output a person corrected."""
+
+    observed: Observed
+    files: dict[str, Path]  # image id → the redrawn picture's file
+
+
+def _corrected(store: Any, trace: queries.Trace, step: int) -> dict[int, _Fixed]:
+    """The steps before ``step`` with a corrected tool output, by step."""
+    rows = {row["index"]: row for row in trace.steps}
+    out = {}
+    for index, fixed in trace.corrected_outputs.items():
+        row = rows.get(index)
+        if index >= step or row is None or row.get("observation") is None:
+            continue
+        seen = observed(row.get("output"), list(row.get("image_ids") or []), fixed)
+        if seen is None:
+            continue
+        files = {}
+        for image_id, image in seen.replaced.items():
+            try:
+                files[image_id] = image_file(store.images_root, image["path"])
+            except ValueError as err:
+                raise ForkError(f"step {index}'s corrected picture cannot be read ({err})") from None
+        out[index] = _Fixed(seen, files)
+    return out
+
+
+def _images(trace: queries.Trace, step: int,
+            fixed: dict[int, _Fixed] | None = None) -> list[tuple[tuple[ev.ImageInfo, Image.Image], Path]]:
+    """The inputs and the images steps before ``step`` made, loaded from disk, in id order; a tool's picture
+    redrawn with corrected regions (``fixed``) in place of the tool's."""
+    redrawn = {image_id: path for item in (fixed or {}).values() for image_id, path in item.files.items()}
     loaded = []
     for image in sorted(trace.images, key=lambda i: int(i.image_id.rsplit("-", 1)[1])):
         if image.role != "input" and (image.step is None or image.step >= step):
             continue
+        if image.image_id in redrawn:
+            image = replace(image, path=redrawn[image.image_id])
         if not image.path.is_file():
             raise ForkError(f"{image.image_id} of session {trace.session['id']} is missing from disk "
                             f"({image.path}): it cannot be forked")
@@ -122,8 +162,9 @@ def _images(trace: queries.Trace, step: int) -> list[tuple[tuple[ev.ImageInfo, I
             picture = InputImage.open(image.path).image if image.role == "input" else _open(image.path)
         except (ImageLoadError, OSError) as err:
             raise ForkError(f"{image.image_id} of session {trace.session['id']} cannot be read ({err})") from None
-        info = ev.ImageInfo(image_id=image.image_id, sha256=image.path.stem, path=str(image.path), width=image.width,
-                            height=image.height, role=image.role, parent=image.parent, bbox=image.bbox, step=image.step,
+        width, height = (picture.width, picture.height) if image.image_id in redrawn else (image.width, image.height)
+        info = ev.ImageInfo(image_id=image.image_id, sha256=image.path.stem, path=str(image.path), width=width,
+                            height=height, role=image.role, parent=image.parent, bbox=image.bbox, step=image.step,
                             action=_action_name(trace, image.step))
         loaded.append(((info, picture), image.path))
     return loaded
@@ -167,8 +208,27 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _turns(earlier: list[dict[str, Any]], trace: queries.Trace) -> list[Turn]:
-    """The turns of the steps before the fork, exactly as the parent's model read them."""
+def _with_outputs(events: list[ev.Event], fixed: dict[int, _Fixed]) -> list[ev.Event]:
+    """The parent's step events, each corrected tool output as the observation (and the redrawn picture as the
+    image) of its step, so the fork stores what its model read."""
+    out: list[ev.Event] = []
+    for event in events:
+        item = fixed.get(event.step)
+        if item is not None and isinstance(event, ev.Observation):
+            event = replace(event, observation=item.observed.text, output=item.observed.output)
+        elif item is not None and isinstance(event, ev.ImageProduced) and event.image is not None \
+                and event.image.image_id in item.files:
+            image = item.observed.replaced[event.image.image_id]
+            path = item.files[event.image.image_id]
+            event = replace(event, image=replace(event.image, sha256=path.stem, path=str(path), width=image["width"],
+                                                 height=image["height"]))
+        out.append(event)
+    return out
+
+
+def _turns(earlier: list[dict[str, Any]], trace: queries.Trace, fixed: dict[int, _Fixed] | None = None) -> list[Turn]:
+    """The turns of the steps before the fork, exactly as the parent's model read them, but for the tool outputs
+    a person corrected (``fixed``): their observations with the corrected regions."""
     edits = _edited_at_review(trace)
     turns: list[Turn] = []
     for row in earlier:
@@ -179,6 +239,10 @@ def _turns(earlier: list[dict[str, Any]], trace: queries.Trace) -> list[Turn]:
         if observation is None:
             raise ForkError(f"step {row['index']} of session {trace.session['id']} has no observation: "
                             "fork at it or before it")
+        item = (fixed or {}).get(row["index"])
+        if item is not None:
+            turns += [assistant_turn(text), text_turn("user", item.observed.text, item.observed.image_ids)]
+            continue
         turns += [assistant_turn(text), text_turn("user", observation, _observation_images(observation, row))]
     return turns
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from taco_app import __version__
 from taco_app.cota.prompt import Turn
+from taco_app.store.corrections import replacements
 from taco_app.store.export.rebuild import Skip, rebuild
 from taco_app.store.queries import LatestFeedback
 from taco_app.store.schema import FeedbackRow, PreferenceRow, SessionRow
@@ -68,7 +69,7 @@ class Batch:
     def __init__(self, dataset: str, selected: list[SessionRow], feedback: dict[str, list[FeedbackRow]], *,
                  options: Mapping[str, str], stored: Callable[[], list[SessionRow]],
                  preferences: Callable[[], list[PreferenceRow]],
-                 images: Callable[[SessionRow, list[str]], list[str]]):
+                 images: Callable[[SessionRow, list[str], dict[str, str]], list[str]]):
         self.dataset = dataset
         self.selected = selected
         self.feedback = feedback  # session id → its feedback rows, oldest first
@@ -96,8 +97,9 @@ class Batch:
 
     def image_paths(self, session: SessionRow, image_ids: list[str]) -> list[str]:
         """The export paths of the session's images, in order; :class:`Skip` if one is not in the store.
-        Only the images of rows that are written are copied."""
-        return self._images(session, image_ids)
+        A tool's picture a person redrew with corrected regions is the redrawn one, as the rebuilt
+        observations say (:mod:`taco_app.store.corrections`). Only the images of rows that are written are copied."""
+        return self._images(session, image_ids, replacements(self.notes(session).corrected_outputs))
 
     def stored(self) -> dict[str, SessionRow]:
         """Every session in the store by id (the filters' choice or not), oldest first."""
@@ -120,6 +122,8 @@ def session_provenance(session: SessionRow, notes: LatestFeedback) -> dict[str, 
         "corrections": {
             "answer": notes.corrected_answer,
             "steps": {str(k): v for k, v in sorted(notes.corrected_steps.items())},
+            **({"outputs": {str(k): {"regions": v.get("regions")} for k, v in sorted(notes.corrected_outputs.items())}}
+               if notes.corrected_outputs else {}),
         },
     }
 

@@ -27,13 +27,14 @@ from typing import Any, BinaryIO, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from taco_app.store.corrections import image_file
 from taco_app.store.export.base import DATASET, Batch, ExportFormat, Left
 from taco_app.store.export.card import PROVENANCE, Counts, card
 from taco_app.store.export.formats import FORMATS
 from taco_app.store.export.rebuild import REASONS, Skip
 from taco_app.store.files import atomic_writer, write_atomic
 from taco_app.store.queries import RATINGS
-from taco_app.store.schema import FeedbackRow, ImageRow, PreferenceRow, SessionRow
+from taco_app.store.schema import FeedbackRow, PreferenceRow, SessionRow
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
@@ -156,7 +157,7 @@ def _plan(store: Any, root: Path, fmt: ExportFormat, dataset: str, since_ts: flo
             return list(db.scalars(select(PreferenceRow).order_by(PreferenceRow.created_at, PreferenceRow.id)).all())
 
     batch = Batch(dataset, [], feedback, options=options, stored=everything, preferences=preferences,
-                  images=lambda session, image_ids: _images(store, root, session, image_ids, sources))
+                  images=lambda session, image_ids, redrawn: _images(store, root, session, image_ids, sources, redrawn))
     for session in sessions:
         notes = batch.notes(session)
         if corrected_only and not notes.corrected:
@@ -192,22 +193,29 @@ def _load(store: Any, since_ts: float | None) -> tuple[list[SessionRow], dict[st
     return sessions, feedback
 
 
-def _images(store: Any, root: Path, session: SessionRow, image_ids: list[str], copies: dict[str, Path]) -> list[str]:
-    """The export paths of the images, in order, each planned as a copy; :class:`Skip` if one is missing."""
+def _images(store: Any, root: Path, session: SessionRow, image_ids: list[str], copies: dict[str, Path],
+            redrawn: dict[str, str] | None = None) -> list[str]:
+    """The export paths of the images, in order, each planned as a copy; :class:`Skip` if one is missing.
+    ``redrawn``: image id → the stored picture that stands for it (a tool's picture redrawn with corrected regions)."""
     by_id = {row.image_id: row for row in session.images}
     if any(image_id not in by_id for image_id in image_ids):
         raise Skip("missing-image")
     paths = []
     for image_id in image_ids:
-        rel, source = _image_target(store, root, by_id[image_id])
+        if image_id in (redrawn or {}):
+            source = image_file(store.images_root, redrawn[image_id])  # ValueError for a path outside the folder
+            if not source.is_file():
+                raise Skip("missing-image", f"{image_id} redrawn with corrected regions")
+            rel, source = _image_target(store, root, source)
+        else:
+            rel, source = _image_target(store, root, store.image_path(by_id[image_id]))  # ValueError: path outside
         copies[rel] = source
         paths.append(rel)
     return paths
 
 
-def _image_target(store: Any, root: Path, row: ImageRow) -> tuple[str, Path]:
-    """``images/<sha256>.<ext>`` of the row's file content; refuses paths outside either folder."""
-    source = store.image_path(row)  # raises ValueError for a path that leaves the images folder
+def _image_target(store: Any, root: Path, source: Path) -> tuple[str, Path]:
+    """``images/<sha256>.<ext>`` of the file's content; refuses a path outside the export folder."""
     ext = source.suffix.lstrip(".").lower()
     ext = ext if _EXT.match(ext) else "bin"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()

@@ -12,6 +12,9 @@ targets with the observations that really followed them:
   action differs from it (made in Review after the run) skips the session until it is re-run from
   that step. An edit made at review time, before the action ran, is the action that ran. A
   correction to ``Terminate`` ends the row there;
+- regions a person fixed on a tool's output (:func:`taco_app.store.queries.correct_output`) replace
+  the tool's: the step's observation is the one TACO's loop writes for the output with them
+  (:mod:`taco_app.store.corrections`), and the tool's picture is the one redrawn with them;
 - the row ends with a ``Terminate`` that carries an answer (a corrected answer replaces it);
 - no text holds a chat template's control token (``<|eot_id|>``, ``<|im_end|>``, …): a trainer's
   tokenizer would read it as markup and its labels would cover the wrong tokens.
@@ -34,6 +37,7 @@ from taco_app.cota.actions import Action, compact_json, json_safe, step_text
 from taco_app.cota.parser import ParsedStep, parse
 from taco_app.cota.prompt import Turn, assistant_turn, observation_image_ids, text_turn, user_request
 from taco_app.cota.training import clean_target
+from taco_app.store.corrections import observed
 from taco_app.store.queries import LatestFeedback
 from taco_app.store.schema import SessionRow, StepRow
 
@@ -103,7 +107,7 @@ def rebuild(session: SessionRow, notes: LatestFeedback) -> Rebuilt:
             return Rebuilt(turns, image_ids)
         if step.observation is None:
             break
-        _add_step(turns, image_ids, step, target)
+        _add_step(turns, image_ids, step, target, notes)
     raise Skip("no-answer")
 
 
@@ -122,7 +126,7 @@ def prefix(session: SessionRow, notes: LatestFeedback, before: int) -> Rebuilt:
         target, action = _target(step, notes)
         if (action is not None and action.is_final) or step.observation is None:
             raise Skip("ended-before", f"step {index}")
-        _add_step(turns, image_ids, step, target)
+        _add_step(turns, image_ids, step, target, notes)
     _check_markup(turns)
     return Rebuilt(turns, image_ids)
 
@@ -150,11 +154,17 @@ def _request(session: SessionRow) -> tuple[list[Turn], list[str]]:
     return [user_request(session.question, inputs)], list(inputs)
 
 
-def _add_step(turns: list[Turn], image_ids: list[str], step: StepRow, target: str) -> None:
-    """A step that did not end the session: its target, then the observation that followed it."""
+def _add_step(turns: list[Turn], image_ids: list[str], step: StepRow, target: str, notes: LatestFeedback) -> None:
+    """A step that did not end the session: its target, then the observation that followed it (the one
+    with a person's corrected tool output, when there is one)."""
     turns.append(assistant_turn(target))
-    ids = observation_images(step.observation or "", step.image_ids or [])
-    turns.append(text_turn("user", step.observation or "", ids))
+    fixed = observed(step.output, step.image_ids, notes.corrected_outputs.get(step.index))
+    if fixed is not None:
+        text, ids = fixed.text, fixed.image_ids
+    else:
+        text = step.observation or ""
+        ids = observation_images(text, step.image_ids or [])
+    turns.append(text_turn("user", text, ids))
     image_ids += ids
 
 
