@@ -1,5 +1,5 @@
 """Fixing a box by dragging it (taco_app.ui.boxes): the pixel ↔ normalised conversions, saving a dragged
-box as a corrected step (or as corrected regions), forking from it and exporting the fork, and the
+box as a corrected step (or as a tool's corrected output), forking from it and exporting the fork, and the
 box editor driven by a mouse in a real browser."""
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def test_a_dragged_box_forked_from_runs_the_new_crop_and_the_fork_exports_with_i
                                                                                        "bbox": [0.5, 0.5, 1.0, 1.0]}}
 
 
-def test_regions_a_tool_found_are_corrected_as_a_bad_tool_step(store):
+def test_regions_a_tool_found_are_saved_as_its_corrected_output(store):
     session = _record(store, [FACES, DONE], size=(300, 240))
     trace = queries.get_trace(store, session)
     shown = boxes.editable(trace, 1)
@@ -170,23 +170,42 @@ def test_regions_a_tool_found_are_corrected_as_a_bad_tool_step(store):
     assert shown.regions == _regions(trace)  # what the tool found (none, on a gradient)
     value = {"boxes": [{"xmin": 30, "ymin": 24, "xmax": 120, "ymax": 144, "label": " face "},
                        {"xmin": 150, "ymin": 48, "xmax": 240, "ymax": 168, "label": "face-2"}]}
-    kind, saved = boxes.save(store, session, 1, value)
+    kind, saved = boxes.save(store, session, 1, value, reviewer=" Ann ")
     expected = [{"label": "face", "bbox": [0.1, 0.1, 0.4, 0.6]}, {"label": "face-2", "bbox": [0.5, 0.2, 0.8, 0.7]}]
-    assert (kind, saved) == ("regions", expected)
+    assert kind == "regions" and saved["regions"] == expected
+    assert saved["image"]["image_id"] == "image-1"  # DetectFaces' picture, redrawn with the two faces
     trace = queries.get_trace(store, session)
     assert (trace.step_ratings[1], trace.step_blame[1]) == ("down", "tool")
+    assert trace.corrected_outputs == {1: saved} and trace.feedback[-1].reviewer == "Ann"
     assert boxes.corrected_regions(trace, 1) == expected
     assert boxes.editable(trace, 1).regions == expected  # the editor starts from them now
     with pytest.raises(ValueError, match="box 2 has no label"):
         boxes.save(store, session, 1, {"boxes": [value["boxes"][0], {**value["boxes"][1], "label": ""}]})
-    # A later rating of the step withdraws them.
+    # A later save replaces them; a later rating of the step leaves them (as it leaves a corrected step).
+    boxes.save(store, session, 1, {"boxes": [value["boxes"][1]]})
     queries.rate(store, session, "up", step=1)
     trace = queries.get_trace(store, session)
-    assert boxes.corrected_regions(trace, 1) is None and boxes.editable(trace, 1).regions == _regions(trace)
+    assert boxes.corrected_regions(trace, 1) == expected[1:] and boxes.editable(trace, 1).regions == expected[1:]
 
 
 def _regions(trace):
     return trace.steps[0]["output"]["regions"]
+
+
+def test_the_save_button_saves_under_the_reviewers_name(store):
+    """Review's Save button sends the name typed in "Your name" (review-name) last; the save is kept under it,
+    and a call that leaves the name out still saves, unnamed, as the rating buttons do."""
+    from taco_app.ui.app import build_app
+    from taco_app.ui.studio import Studio
+
+    session = _record(store, [FACES, DONE], size=(300, 240))
+    with build_app(Studio(store, probe=False)) as app:
+        (saving,) = [f for f in app.fns.values() if f.api_name == "save_box"]
+    assert getattr(saving.inputs[-1], "elem_id", None) == "review-name"
+    value = {"boxes": [{"xmin": 30, "ymin": 24, "xmax": 120, "ymax": 144, "label": "face"}]}
+    saving.fn(session, 1, value, "  Ann ")
+    saving.fn(session, 1, value)
+    assert [f.reviewer for f in queries.get_trace(store, session).feedback] == ["Ann", None]
 
 
 def test_the_editor_shows_only_for_a_step_with_a_box(store):

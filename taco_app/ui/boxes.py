@@ -9,9 +9,12 @@ which a person drags or resizes.
   whose action is the same one with the dragged box, the thought kept, and puts it in the step
   editor, so "Fork from step k" runs it with the real tool. Until the session is run again from that
   step, the exports leave it out: its observation belongs to the old box.
-- A regions output: saving rates the step down, the tool's fault, with the corrected regions in the
-  rating's note (:data:`REGIONS_NOTE` + JSON); :func:`corrected_regions` reads them back. It stands
-  while that step's latest rating is that one.
+- A regions output: saving records the corrected output (:func:`queries.correct_output`: the step rated
+  down, the tool's fault): the regions, and the tool's picture redrawn from its parent image with them
+  by the tool's own drawing (:func:`taco_app.drawing.draw_regions`), kept in the store's images. The
+  exports, and forks from a later step, read that step's observation with the corrected regions and
+  that picture (:mod:`taco_app.store.corrections`). :func:`corrected_regions` reads them back; a later
+  save replaces them.
 
 The conversions are pure functions: the annotator works in pixels of the image it shows, TACO in
 normalised ``[left, top, right, bottom]`` boxes (0..1, two decimals, as the model writes them).
@@ -19,7 +22,6 @@ normalised ``[left, top, right, bottom]`` boxes (0..1, two decimals, as the mode
 
 from __future__ import annotations
 
-import json
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +30,16 @@ from typing import Any
 import gradio as gr
 from gradio_image_annotation import image_annotator
 
+from PIL import Image
+
+from taco_app.drawing import draw_regions, fit_within
+from taco_app.runner import InputImage
 from taco_app.store import queries
 from taco_app.tools.base import image_id as normalise_image_id
+from taco_app.tools.imageops import MAX_SIDE
 
 BBOX_ACTIONS = ("Crop", "ZoomIn", "EstimateRegionDepth")  # actions that take a bbox argument
 REGION_ACTIONS = ("LocalizeObjects", "DetectFaces")  # tools whose output lists regions
-REGIONS_NOTE = "Corrected regions: "  # a tool-blamed step rating's note that carries the fixed regions
 DIGITS = 2  # TACO's boxes: two decimals, as the tools and the model write them
 
 
@@ -123,17 +129,11 @@ def _clean_regions(regions: Any) -> list[dict[str, Any]]:
 
 
 def corrected_regions(trace: queries.Trace, step: int) -> list[dict[str, Any]] | None:
-    """The regions a person fixed on step ``step``, or None: the note of the step's latest rating,
-    when that rating is down and blames the tool (a later rating withdraws them)."""
-    if trace.step_ratings.get(step) != "down" or trace.step_blame.get(step) != "tool":
+    """The regions a person fixed on step ``step`` (the latest corrected output), or None."""
+    fixed = trace.corrected_outputs.get(step)
+    if not isinstance(fixed, dict) or not isinstance(fixed.get("regions"), list):
         return None
-    latest = next((f for f in reversed(trace.feedback) if f.step == step and f.rating is not None), None)
-    if latest is None or not (latest.note or "").startswith(REGIONS_NOTE):
-        return None
-    try:
-        return _clean_regions(json.loads(latest.note[len(REGIONS_NOTE):]))
-    except ValueError:
-        return None
+    return _clean_regions(fixed["regions"])
 
 
 def editable(trace: queries.Trace | None, step: int) -> Editable | None:
@@ -206,8 +206,36 @@ def edited_regions(value: Any, shown: Editable) -> list[dict[str, Any]]:
     return regions
 
 
-def save(store: Any, identifier: str, step: int, value: Any) -> tuple[str, Any]:
-    """Save the dragged box(es) of step ``step``: ``("bbox", corrected step)`` or ``("regions", regions)``.
+def redraw(store: Any, trace: queries.Trace, shown: Editable, regions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The picture the tool made at ``shown.step`` (e.g. LocalizeObjects' annotated photo) drawn again, as the
+    tool draws it, on its parent image with ``regions``, and kept in the store's images (by content, as the
+    step loop keeps a tool's pictures): ``{"image_id", "sha256", "path", "width", "height"}``; None when the
+    tool made no picture of the image the regions are on."""
+    row = next((r for r in trace.steps if r["index"] == shown.step), None) or {}
+    produced = set(row.get("image_ids") or [])
+    output = row.get("output") if isinstance(row.get("output"), dict) else {}
+    made = [v for v in output.values() if isinstance(v, str) and v in produced]
+    image = next((i for i in trace.images if i.image_id in made and i.parent == shown.image_id), None)
+    parent = next((i for i in trace.images if i.image_id == shown.image_id), None)
+    if image is None or parent is None:
+        return None
+    # The tool was given the parent as the step loop holds it: an input opened upright as RGB, a tool's picture as stored.
+    if parent.role == "input":
+        picture = InputImage.open(parent.path).image
+    else:
+        with Image.open(parent.path) as opened:
+            picture = opened.copy()
+    # As the step loop keeps a tool's picture: no side over ZoomIn's bound or the largest input's.
+    limit = max([MAX_SIDE] + [max(i.width, i.height) for i in trace.images if i.role == "input"])
+    drawn = fit_within(draw_regions(picture, regions), limit, reducing_gap=3.0)
+    sha256, path = store.images.save(drawn)
+    return {"image_id": image.image_id, "sha256": sha256, "path": str(path), "width": drawn.width,
+            "height": drawn.height}
+
+
+def save(store: Any, identifier: str, step: int, value: Any, *, reviewer: str | None = None) -> tuple[str, Any]:
+    """Save the dragged box(es) of step ``step``: ``("bbox", corrected step)`` or ``("regions", corrected output)``
+    (``{"regions", "image"?}``, see :func:`queries.correct_output`); ``reviewer``: who saved it.
 
     ValueError, in words, when the step has no box to fix or the box cannot be saved.
     """
@@ -222,10 +250,10 @@ def save(store: Any, identifier: str, step: int, value: Any) -> tuple[str, Any]:
     if shown.kind == "bbox":
         arguments = {**shown.action["arguments"], "bbox": regions[0]["bbox"]}
         fixed = {"thought": shown.thought, "actions": [{"name": shown.name, "arguments": arguments}]}
-        return "bbox", queries.correct_step(store, identifier, step, fixed)
-    queries.rate(store, identifier, "down", step=step, blame="tool",
-                 note=REGIONS_NOTE + json.dumps(regions, ensure_ascii=False))
-    return "regions", regions
+        return "bbox", queries.correct_step(store, identifier, step, fixed, reviewer=reviewer)
+    image = redraw(store, trace, shown, regions)
+    output = {"regions": regions, **({"image": image} if image is not None else {})}
+    return "regions", queries.correct_output(store, identifier, step, output, reviewer=reviewer)
 
 
 # --- the Review tab's part ----------------------------------------------------------------------
@@ -244,7 +272,8 @@ _EDITORS: "weakref.WeakKeyDictionary[Any, BoxEditor]" = weakref.WeakKeyDictionar
 HELP = ("Drag the box, or a corner or edge of it, then save it as the step's correction; "
         "then Fork from this step runs it with the new box.")
 HELP_REGIONS = ("Drag, resize, add (Create box, then set its label) or remove the boxes the tool found, then save"
-                " them: the step is rated bad, the tool's fault, with the corrected regions.")
+                " them: the step is rated bad, the tool's fault, and the exports, and forks from the next step,"
+                " read the corrected regions and the tool's picture redrawn with them.")
 
 
 def build(picture: Any) -> BoxEditor:
@@ -297,16 +326,18 @@ def wire(studio: Any, page: Any) -> BoxEditor:
     for source in (page.session_id, page.slider):
         source.change(refresh, at, outputs, api_name=False, trigger_mode="always_last", show_progress="hidden")
 
-    def save_box(identifier, upto, value):
+    def save_box(identifier, upto, value, name=None, request: gr.Request = None):
+        from taco_app.ui import review  # the tab this editor sits in
+
         if not identifier:
             raise gr.Error("Open a session first (click a row of the table).")
         step = int(upto or 1)
+        reviewer = review._reviewer(name, request, optional=True)  # the login, or the name typed in the tab
         try:
-            kind, saved = save(studio.store, identifier, step, value)
+            kind, saved = save(studio.store, identifier, step, value, reviewer=reviewer)
         except ValueError as err:
             raise gr.Error(f"Step {step}'s box was not saved: {err}.")
         trace = queries.get_trace(studio.store, identifier)
-        from taco_app.ui import review  # the tab this editor sits in
 
         if kind == "bbox":
             box = ", ".join(f"{v:g}" for v in saved["actions"][0]["arguments"]["bbox"])
@@ -314,11 +345,14 @@ def wire(studio: Any, page: Any) -> BoxEditor:
                     f" to the old box, so exports leave this session out until you press Fork from step {step}.")
             step_text = review.step_json(trace, step, trace.corrected_steps.get(step))
         else:
-            said = (f"Step {step} saved as bad, the tool's fault, with {len(saved)} corrected region(s).")
+            said = (f"Step {step} saved as bad, the tool's fault, with {len(saved['regions'])} corrected region(s)"
+                    + (f" and {saved['image']['image_id']} redrawn with them" if "image" in saved else "")
+                    + f": the exports, and forks from step {step + 1}, read them.")
             step_text = gr.update()
         gr.Info(said)
         return review._feedback_text(trace), step_text, gr.update(value=said, visible=True)
 
-    editor.save.click(save_box, [*at, editor.annotator], [page.feedback, page.step_text, editor.info],
+    # The reviewer's name last: an API call that leaves it out still saves (unnamed), as the rating buttons do.
+    editor.save.click(save_box, [*at, editor.annotator, page.reviewer], [page.feedback, page.step_text, editor.info],
                       api_name="save_box")
     return editor
