@@ -152,7 +152,8 @@ def loading_code(data_file: str, images: str) -> str:
 
 CLEAN_TARGETS = (
     "**Corrections** people made are applied: a corrected step replaces the model's reply, a corrected answer "
-    "the final one. Only finished sessions whose every reply is a CoTA step in JSON are exported."
+    "the final one, and regions a person fixed on a tool's output replace the tool's in that step's observation, "
+    "its picture redrawn with them. Only finished sessions whose every reply is a CoTA step in JSON are exported."
 )
 
 
