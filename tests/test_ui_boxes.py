@@ -233,7 +233,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-b
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 def test_dragging_the_crop_box_in_a_browser_saves_the_corrected_bbox(tmp_path):
     """Open a stored session with a Crop in Review, show step 1, drag the whole box and then its bottom-right
-    corner with the mouse, save: the store holds the box where it was dropped (within 0.01)."""
+    corner with the mouse, save: the store holds the box where it was dropped (within 0.01), under the
+    reviewer's name typed in the tab."""
     sync_api = pytest.importorskip("playwright.sync_api")
     from .ui_server import running
 
@@ -250,6 +251,9 @@ def test_dragging_the_crop_box_in_a_browser_saves_the_corrected_bbox(tmp_path):
             page.locator("#review-refresh").click()
             page.locator("#review-table").locator(f"text={session} >> visible=true").first.click()
             page.locator("#review-chat").get_by_text("Answer:").wait_for(timeout=30_000)
+            name = page.locator("#review-name input, #review-name textarea").first
+            name.fill("Ada")  # saved with the box, as with each rating
+            name.blur()
             # Step 3 (Terminate) has no box: the editor stays hidden until step 1 is shown.
             for _ in range(2):
                 page.get_by_role("button", name="◀ Previous step").click()
@@ -286,7 +290,9 @@ def test_dragging_the_crop_box_in_a_browser_saves_the_corrected_bbox(tmp_path):
             drag((0.85, 0.9), (0.6, 0.8))  # → [0.05, 0.25, 0.6, 0.8]
             page.locator("#review-box-save").click()
             page.locator("#review-box-info").get_by_text("Corrected step 1 saved").wait_for(timeout=20_000)
-            fixed = queries.get_trace(studio.store, session).corrected_steps[1]
+            trace = queries.get_trace(studio.store, session)
+            fixed = trace.corrected_steps[1]
+            assert trace.feedback[-1].reviewer == "Ada"
             bbox = fixed["actions"][0]["arguments"]["bbox"]
             assert all(abs(a - b) <= 0.01 for a, b in zip(bbox, [0.05, 0.25, 0.6, 0.8])), bbox
             assert fixed["thought"] == CROP["thought"] and fixed["actions"][0]["arguments"]["image"] == "image-0"
