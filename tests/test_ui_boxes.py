@@ -16,7 +16,7 @@ from taco_app.fork import fork, plan_fork
 from taco_app.store import queries
 from taco_app.store.export import export
 from taco_app.tools import default_tools
-from taco_app.ui import boxes
+from taco_app.ui import boxes, review
 from taco_app.ui.forking import edited_step
 from taco_app.ui.review import step_json
 
@@ -177,6 +177,7 @@ def test_regions_a_tool_found_are_saved_as_its_corrected_output(store):
     trace = queries.get_trace(store, session)
     assert (trace.step_ratings[1], trace.step_blame[1]) == ("down", "tool")
     assert trace.corrected_outputs == {1: saved} and trace.feedback[-1].reviewer == "Ann"
+    assert "**Corrected regions:** step 1 (2)" in review._feedback_text(trace)  # what the Review tab says of it
     assert boxes.corrected_regions(trace, 1) == expected
     assert boxes.editable(trace, 1).regions == expected  # the editor starts from them now
     with pytest.raises(ValueError, match="box 2 has no label"):

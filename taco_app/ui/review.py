@@ -145,6 +145,9 @@ def _feedback_text(trace: queries.Trace) -> str:
         lines.append("**Steps:** " + ", ".join(verdicts))
     if trace.corrected_steps:
         lines.append("**Corrected steps:** " + ", ".join(str(k) for k in sorted(trace.corrected_steps)))
+    if trace.corrected_outputs:  # regions fixed in the box editor (taco_app.ui.boxes)
+        lines.append("**Corrected regions:** " + ", ".join(
+            f"step {k} ({len(v.get('regions') or [])})" for k, v in sorted(trace.corrected_outputs.items())))
     notes = [f for f in trace.feedback if f.note]
     for note in notes[-5:]:
         where = f"step {note.step}" if note.step is not None else "session"
