@@ -89,6 +89,27 @@ def run_example(page, name: str, question: str, shots: Path | None = None):
     return chat
 
 
+WIDE, PHONE = 1440, 390
+NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+
+
+def at_both_widths(page, shots: Path, name: str) -> None:
+    """Screenshots of the page as it is: ``{name}.png``, the whole page at 1440 px, and ``{name}-phone.png``,
+    a 390 x 844 screen scrolled to the chat; at 390 px nothing scrolls sideways. The page is left at 1440 px."""
+    height = page.viewport_size["height"]
+    page.wait_for_timeout(300)  # let the last update's transition finish: a picture, not a check
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": PHONE, "height": 844})
+    page.wait_for_function(f"document.documentElement.clientWidth <= {PHONE}")
+    assert page.evaluate(NO_SIDEWAYS_SCROLL), f"{name} scrolls sideways at {PHONE} px"
+    page.locator(f"#{name}-chat").evaluate("chat => chat.scrollIntoView({block: 'start'})")
+    page.evaluate("document.querySelectorAll('[data-testid=toast-close]').forEach(b => b.click())")  # notices
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / f"{name}-phone.png"))
+    page.set_viewport_size({"width": WIDE, "height": height})
+    page.wait_for_function(f"document.documentElement.clientWidth >= {WIDE}")
+
+
 def _download_export(page, target: Path) -> Path:
     """Press Export on the Export tab and save the zip it offers to ``target``."""
     page.locator("#export-run").click()
@@ -129,6 +150,7 @@ def test_ask_review_export_in_a_browser(app, browser, shots, tmp_path):
     overlay = page.locator("#overlay-image img")
     overlay.wait_for(timeout=30_000)
     assert overlay.get_attribute("src")
+    at_both_widths(page, shots, "ask")  # the README's: the answered run, wide and on a phone
 
     # A run with boxes: DetectFaces on the astronaut, then its overlay.
     chat = run_example(page, "astronaut", "How many faces are in this photo?")
@@ -149,7 +171,7 @@ def test_ask_review_export_in_a_browser(app, browser, shots, tmp_path):
     page.locator("#rate-up").click()
     page.locator("#review-feedback").get_by_text("up").wait_for(timeout=10_000)
     page.wait_for_timeout(300)
-    page.screenshot(path=str(shots / "review.png"), full_page=True)
+    at_both_widths(page, shots, "review")
     session_id = page.locator("#review-session textarea, #review-session input").first.input_value()
     trace = __import__("taco_app.store.queries", fromlist=["get_trace"]).get_trace(studio.store, session_id)
     assert trace.rating == "up" and trace.session["question"] == "How much gas can I buy with $50?"
@@ -227,14 +249,11 @@ def test_stop_is_enabled_only_while_a_run_is_going(app, browser):
     page.close()
 
 
-NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
-
-
 def test_the_layout_fits_a_wide_screen_and_a_phone(app, browser):
     """At 1440 px the chat and the overlay sit side by side; at 390 px (a phone) they are stacked, and
     neither Ask nor Review scrolls sideways. The examples and the images come first."""
     url, _studio = app
-    for width, side_by_side in ((1440, True), (390, False)):
+    for width, side_by_side in ((WIDE, True), (PHONE, False)):
         page = browser.new_page(viewport={"width": width, "height": 900})
         page.goto(url)
         page.locator("#ask-run").wait_for()
