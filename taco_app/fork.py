@@ -215,7 +215,10 @@ def _with_outputs(events: list[ev.Event], fixed: dict[int, _Fixed]) -> list[ev.E
     for event in events:
         item = fixed.get(event.step)
         if item is not None and isinstance(event, ev.Observation):
-            event = replace(event, observation=item.observed.text, output=item.observed.output)
+            overlays = dict(event.overlays or {})
+            if "regions" in overlays:  # what Review draws on the step's picture
+                overlays["regions"] = item.observed.output["regions"]
+            event = replace(event, observation=item.observed.text, output=item.observed.output, overlays=overlays)
         elif item is not None and isinstance(event, ev.ImageProduced) and event.image is not None \
                 and event.image.image_id in item.files:
             image = item.observed.replaced[event.image.image_id]

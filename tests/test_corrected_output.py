@@ -202,6 +202,7 @@ def test_a_fork_from_the_next_step_reads_the_corrected_regions_and_picture(store
     step = next(s for s in trace.steps if s["index"] == 1)
     assert step["observation"] == observed(step["output"], step["image_ids"], saved).text
     assert step["output"]["regions"] == FIXED and "[0.5, 0.4, 0.9, 0.9]" in step["observation"]
+    assert step["overlays"]["regions"] == FIXED  # what Review draws on the fork's step
     assert _file(store, child, "image-1").read_bytes() == (store.images_root / saved["image"]["path"]).read_bytes()
     assert trace.session["parent_session_id"] == parent and trace.corrected_outputs == {}
 
