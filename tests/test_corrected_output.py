@@ -23,6 +23,8 @@ from taco_app.ui import boxes
 
 from .conftest import run_loop
 
+pytestmark = pytest.mark.store  # the store's feedback, exports and forks: CI runs these on PostgreSQL too
+
 QUESTION = "Where is the sign?"
 LOCALIZE = {"thought": "I look for the sign.",
             "actions": [{"name": "LocalizeObjects", "arguments": {"image": "image-0", "objects": ["sign"]}}]}
