@@ -33,6 +33,8 @@ bench: $(VENV)/.installed-dev
 	$(PY) -m benchmarks.bench_store
 	$(PY) -m benchmarks.bench_model
 	$(PY) -m benchmarks.bench_eval
+	$(PY) -m benchmarks.bench_review
+	$(PY) -m benchmarks.bench_first_run
 
 # The GPU check (README, *The GPU check*): fetch its wheels into .whl/ where there is internet, then
 # run it on the GPU machine (Python 3.12, torch, transformers; no .venv, no internet needed there).
