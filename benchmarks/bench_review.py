@@ -21,6 +21,7 @@ The goal is 300 ms for each, on the 2-core development machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import random
 import statistics
@@ -198,15 +199,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     with running(home) as (url, studio):
-        if CHROMIUM.exists():
-            try:
-                import playwright.sync_api  # noqa: F401  (only whether it is installed)
-            except ImportError:
-                print("playwright is not installed: browser figures skipped (pip install -r requirements-dev.txt)")
-            else:
-                results["browser"] = in_browser(url, args.sessions, args.paints, args.moves, questions(store))
-        else:
+        if not CHROMIUM.exists():
             print(f"no Chromium at {CHROMIUM}: browser figures skipped")
+        elif importlib.util.find_spec("playwright") is None:
+            print("playwright is not installed: browser figures skipped (pip install -r requirements-dev.txt)")
+        else:
+            results["browser"] = in_browser(url, args.sessions, args.paints, args.moves, questions(store))
         results["handlers"] = at_handlers(studio, args.moves)
     slow = [f"{where} {what}" for where, figures in results.items() for what, f in figures.items()
             if f["median_ms"] >= GOAL_MS]
