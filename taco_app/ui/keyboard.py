@@ -18,7 +18,7 @@ import json
 KEYS: list[tuple[str, str]] = [
     ("j / k", "next / previous step"),
     ("J / K", "next session to review / the session before"),
-    ("+", "Good step"),
+    ("+ (the +/= key, or the keypad's)", "Good step"),
     ("-", "Bad step (the model's fault)"),
     ("Shift and +", "Good answer (the session)"),
     ("Shift and -", "Bad answer (the session)"),
