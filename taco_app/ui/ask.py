@@ -26,7 +26,7 @@ from taco_app.settings import current
 from taco_app.tools import default_tools
 from taco_app.ui import overlays, render
 from taco_app.ui.controls import collapse_all
-from taco_app.ui.errors import inform, warn
+from taco_app.ui.errors import inform, refusal, warn
 from taco_app.ui.live import (LiveRun, ModelLoadError, Owner, Registry, finished, follow, latest_picture, loading,
                               owner, redraws, stored)
 from taco_app.ui.studio import Studio
@@ -295,7 +295,7 @@ def _inputs(paths: list[str] | None, question: str | None) -> list[InputImage]:
     try:
         check_question(question)
     except ValueError as err:
-        raise gr.Error(f"{str(err)[0].upper()}{str(err)[1:]}.")
+        raise refusal(err)
     images = []
     for path in paths:
         try:

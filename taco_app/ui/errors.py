@@ -48,6 +48,12 @@ def inform(message: Any) -> None:
     gr.Info(plain(message))
 
 
+def refusal(err: Exception) -> gr.Error:
+    """A refusal the app words itself (a ValueError's "the reviewer name is …"), as a sentence for the page."""
+    text = str(err)
+    return gr.Error(f"{text[:1].upper()}{text[1:]}.")
+
+
 def _shown(err: BaseException, handler: str) -> gr.Error:
     """The gr.Error to raise for an exception that escaped a handler."""
     if isinstance(err, gr.Error):

@@ -30,6 +30,7 @@ from taco_app.store.export.rebuild import keeps_observation
 from taco_app.ui import boxes, overlays, render
 from taco_app.ui.ask import ManualPanel, manual_panel
 from taco_app.ui.controls import collapse_all
+from taco_app.ui.errors import refusal
 from taco_app.ui.keyboard import keys_html
 from taco_app.ui.studio import Studio
 
@@ -73,7 +74,7 @@ def _table(studio: Studio, text: str, status: str, rating: str, tool: str, page:
     try:
         result = queries.list_sessions(studio.store, flt)
     except ValueError as err:  # a filter the store refuses (in words, e.g. an unknown rating)
-        raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
+        raise refusal(err)
     rows = [[s.id, dt.datetime.fromtimestamp(s.created_at).strftime("%Y-%m-%d %H:%M"), s.question[:120],
              render.answer_text(s.answer)[:80] if s.answer is not None else "", s.status, s.steps, s.rating or "",
              s.model or ""] for s in result.items]
@@ -101,7 +102,7 @@ def _reviewer(name: str | None, request: Any, *, optional: bool = False) -> str 
     try:
         return review_queue.check_reviewer(name)
     except ValueError as err:
-        raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
+        raise refusal(err)
 
 
 def _progress(studio: Studio, flt: queries.SessionFilter) -> str:
@@ -111,7 +112,7 @@ def _progress(studio: Studio, flt: queries.SessionFilter) -> str:
     try:
         done = review_queue.progress(studio.store, flt)
     except ValueError as err:
-        raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
+        raise refusal(err)
     return f"**{done.reviewed:,} of {done.total:,} reviewed** (the sessions these filters match)"
 
 
@@ -219,16 +220,17 @@ class ReviewPage:
         return [self.up, self.down, self.step_good, self.step_model, self.step_tool, self.session_rated,
                 self.step_rated]
 
+    def _step(self) -> list[Any]:
+        return [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text, self.fork]
+
     def shown(self) -> list[Any]:
         """What showing a stored step updates, in the order its API (show_stored_step) returns them
         (buttons are not part of an API's values)."""
-        return [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text, self.fork,
-                *self.marks()]
+        return [*self._step(), *self.marks()]
 
     def opened(self) -> list[Any]:
         """What opening a session updates, in the order its API (open_session) returns them."""
-        core = [self.chat, self.slider, self.picture, self.caption, self.feedback, self.step_text, self.fork]
-        return [self.session_id, *core, self.lineage, self.family, self.compare_with, *self.marks()]
+        return [self.session_id, *self._step(), self.lineage, self.family, self.compare_with, *self.marks()]
 
 
 def build_review(studio: Studio) -> ReviewPage:
@@ -536,7 +538,7 @@ def _wire_queue(studio: Studio, page: ReviewPage) -> None:
         try:
             found = review_queue.next_to_review(studio.store, flt, reviewer, skip=history)
         except ValueError as err:
-            raise gr.Error(f"{str(err)[:1].upper()}{str(err)[1:]}.")
+            raise refusal(err)
         progress = _progress(studio, flt)
         if found is None:
             gr.Info("Nothing left to review here: every session these filters match is rated, skipped in this page,"
